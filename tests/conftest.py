@@ -1,0 +1,43 @@
+"""Shared fixtures. The cpu-profile chat model is pulled once (a no-op when already in the store)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def chat_model_path() -> Path:
+    from labkit import store
+
+    return store.pull("smollm2-135m-instruct", progress=False)[0]
+
+
+@pytest.fixture(scope="session")
+def lm_fp32(chat_model_path):
+    """fp32: the precision where batched and one-by-one greedy decoding agree bit for bit."""
+    from labkit.llm import ChatModel
+
+    return ChatModel.from_pretrained(chat_model_path, device="cpu", dtype="float32")
+
+
+@pytest.fixture
+def isolated_home(tmp_path, monkeypatch) -> Path:
+    """An empty LABKIT_HOME and HF cache, offline: nothing from the developer's own caches leaks in."""
+    home = tmp_path / "labkit-home"
+    monkeypatch.setenv("LABKIT_HOME", str(home))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return home
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m labkit ...`` as a user would, capturing its output."""
+    return subprocess.run([sys.executable, "-m", "labkit", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout, cwd=REPO)

@@ -1,0 +1,76 @@
+"""Every lab notebook follows the house conventions and runs end to end (smoke mode) via papermill."""
+
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+from conftest import REPO, run_cli
+
+NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def test_the_foundation_labs_exist():
+    assert {p.name for p in NOTEBOOKS} >= {"00_setup_check.ipynb", "01_text_generation.ipynb"}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_conventions(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    first = nb.cells[0].source
+    assert first.startswith("# ") and "Expected time" in first and "You will" in first
+    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1 and "profile =" in params[0].source and "smoke =" in params[0].source
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), "commit notebooks without outputs"
+    assert any("check(" in c.source for c in code), "every lab has at least one auto-checked exercise"
+    solutions = [c for c in code if "solution" in c.metadata.get("tags", [])]
+    assert solutions and all(c.metadata.get("jupyter", {}).get("source_hidden") for c in solutions)
+    assert nb.metadata.kernelspec.name == "labkit"
+
+
+def test_run_notebooks_executes_every_lab_in_smoke_mode(tmp_path, chat_model_path):
+    out = run_cli("run-notebooks", "--smoke", "--profile", "cpu", "--output-dir", str(tmp_path), timeout=1500)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["ok"] and summary["smoke"] and summary["profile"] == "cpu"
+    assert [r["notebook"] for r in summary["results"]] == [p.name for p in NOTEBOOKS]
+    assert all(r["status"] == "ok" and r["seconds"] > 0 for r in summary["results"])
+    assert "| 00_setup_check.ipynb | ok |" in (tmp_path / "summary.md").read_text()
+    executed = nbformat.read(tmp_path / "01_text_generation.ipynb", as_version=4)
+    text = json.dumps([c.get("outputs") for c in executed.cells if c.cell_type == "code"], ensure_ascii=False)
+    assert "image/png" in text, "the throughput plot should be drawn"
+    assert "✅ 01.best_batch (solution): correct!" in text
+
+
+def _notebook(path, source):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "labkit", "display_name": "Python (labkit)", "language": "python"}
+    params = nbformat.v4.new_code_cell("profile = None\nsmoke = False")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(source)]
+    nbformat.write(nb, path)
+    return path
+
+
+def test_a_failing_notebook_is_reported_and_the_rest_still_run(tmp_path):
+    bad = _notebook(tmp_path / "a_bad.ipynb", "raise RuntimeError('lab broke on purpose')")
+    good = _notebook(tmp_path / "b_good.ipynb", "assert smoke is True and profile == 'cpu'")
+    out = run_cli("run-notebooks", str(bad), str(good), "--smoke", "--profile", "cpu",
+                  "--output-dir", str(tmp_path / "out"))
+    assert out.returncode == 1
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [(r["notebook"], r["status"]) for r in summary["results"]] == [("a_bad.ipynb", "failed"),
+                                                                          ("b_good.ipynb", "ok")]
+    assert "lab broke on purpose" in summary["results"][0]["error"]
+    assert "1 passed, 1 failed" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_missing_kernel_or_notebook_is_a_clear_error(tmp_path):
+    good = _notebook(tmp_path / "ok.ipynb", "pass")
+    out = run_cli("run-notebooks", str(good), "--kernel", "no-such-kernel", "--output-dir", str(tmp_path))
+    assert out.returncode == 2 and "ipykernel install" in out.stderr
+    out = run_cli("run-notebooks", str(tmp_path / "nope.ipynb"), "--output-dir", str(tmp_path))
+    assert out.returncode == 2 and "not found" in out.stderr
