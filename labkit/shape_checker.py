@@ -1,0 +1,109 @@
+"""An analytic judge of Shapes images: which colour and which shape does a picture show?
+
+It never looks at a model: the background colour is read from the border, the shape is the
+largest connected region that differs from it, its colour is the median inside that region
+mapped to the nearest palette colour, and its shape is whichever ideal outline (drawn into the
+region's bounding box) overlaps it best (intersection over union). Used to score prompt
+following of text-to-image models.
+
+Example:
+    >>> from labkit.shapes import ShapeSpec, render
+    >>> from labkit.shape_checker import judge
+    >>> judge(render(ShapeSpec("star", "orange", "large", "centre", "gray")))
+    Judgement(colour='orange', shape='star', shape_iou=..., area=...)
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from labkit.shapes import COLOURS, SHAPES, draw_shape
+
+
+@dataclass(frozen=True)
+class Judgement:
+    colour: str | None  # None when no shape was found
+    shape: str | None
+    shape_iou: float
+    area: int  # pixels in the shape's region
+
+    def __repr__(self) -> str:  # short, and stable enough for doctests
+        return f"Judgement(colour={self.colour!r}, shape={self.shape!r}, shape_iou=..., area=...)"
+
+
+def judge(image: Image.Image, *, min_area: int = 12, threshold: float = 60.0) -> Judgement:
+    """Judge one image. ``threshold`` is the RGB distance from the background that counts as shape."""
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
+    background = np.median(border, axis=0)
+    foreground = np.linalg.norm(rgb - background, axis=-1) > threshold
+    region = _largest_component(foreground)
+    area = int(region.sum())
+    if area < min_area:
+        return Judgement(None, None, 0.0, area)
+    colour = _nearest_colour(np.median(rgb[region], axis=0))
+    shape, iou = _best_outline(region)
+    return Judgement(colour, shape, iou, area)
+
+
+def _nearest_colour(rgb: np.ndarray) -> str:
+    names = list(COLOURS)
+    palette = np.array([COLOURS[n][0] for n in names], dtype=np.float32)
+    return names[int(np.argmin(np.linalg.norm(palette - rgb, axis=1)))]
+
+
+def _best_outline(region: np.ndarray) -> tuple[str, float]:
+    ys, xs = np.nonzero(region)
+    box = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    scale = 4  # draw the ideal outlines supersampled, then threshold at half coverage
+    h, w = region.shape
+    best = ("", -1.0)
+    for shape in SHAPES:
+        canvas = Image.new("L", (w * scale, h * scale), 0)
+        draw_shape(ImageDraw.Draw(canvas), shape, tuple(v * scale for v in box), 255)
+        ideal = np.asarray(canvas.resize((w, h), Image.Resampling.BOX)) >= 128
+        iou = (ideal & region).sum() / max((ideal | region).sum(), 1)
+        if iou > best[1]:
+            best = (shape, float(iou))
+    return best
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    """Largest 4-connected True region (breadth-first search; images are small)."""
+    seen = np.zeros_like(mask, dtype=bool)
+    best: list[tuple[int, int]] = []
+    h, w = mask.shape
+    for y0, x0 in zip(*np.nonzero(mask), strict=True):
+        if seen[y0, x0]:
+            continue
+        seen[y0, x0] = True
+        queue, pixels = deque([(y0, x0)]), []
+        while queue:
+            y, x = queue.popleft()
+            pixels.append((y, x))
+            for ny, nx in ((y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)):
+                if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not seen[ny, nx]:
+                    seen[ny, nx] = True
+                    queue.append((ny, nx))
+        if len(pixels) > len(best):
+            best = pixels
+    out = np.zeros_like(mask, dtype=bool)
+    if best:
+        ys, xs = zip(*best, strict=True)
+        out[list(ys), list(xs)] = True
+    return out
+
+
+def score(images: list[Image.Image], colours: list[str], shapes: list[str]) -> dict:
+    """Colour and shape accuracy of images against what their prompts asked for."""
+    if not (len(images) == len(colours) == len(shapes)) or not images:
+        raise ValueError("score needs equally long, non-empty lists of images, colours and shapes")
+    verdicts = [judge(img) for img in images]
+    colour_ok = [v.colour == c for v, c in zip(verdicts, colours, strict=True)]
+    shape_ok = [v.shape == s for v, s in zip(verdicts, shapes, strict=True)]
+    return {"n": len(images), "colour_accuracy": float(np.mean(colour_ok)),
+            "shape_accuracy": float(np.mean(shape_ok)), "verdicts": verdicts}
