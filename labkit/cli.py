@@ -60,6 +60,27 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--stream", action="store_true", help="print tokens as they come (one prompt)")
     g.set_defaults(func=_generate)
 
+    im = sub.add_parser("image", help="generate images with the profile's text-to-image model")
+    im.add_argument("prompts", nargs="+")
+    im.add_argument("--profile", choices=["cpu", "gpu"])
+    im.add_argument("--output", type=Path, default=Path("runs/images"), help="folder for the PNG files")
+    im.add_argument("-n", type=int, default=4, help="images per prompt")
+    im.add_argument("--steps", type=int, default=20)
+    im.add_argument("--guidance", type=float, default=4.0)
+    im.add_argument("--seed", type=int, default=0)
+    im.add_argument("--negative-prompt")
+    im.add_argument("--scheduler", choices=["ddim", "euler", "dpm", "ddpm"])
+    im.add_argument("--size", type=int)
+    im.set_defaults(func=_image)
+
+    t = sub.add_parser("train-t2i", help="train the tiny Shapes text-to-image model from a seed")
+    t.add_argument("--output", type=Path, default=Path("runs/shapes-t2i-tiny"))
+    t.add_argument("--seed", type=int, default=0)
+    for option, default in [("train-images", None), ("vae-steps", None), ("unet-steps", None),
+                            ("batch-size", None)]:
+        t.add_argument(f"--{option}", type=int, default=default, help="default: the shipped recipe")
+    t.set_defaults(func=_train_t2i)
+
     r = sub.add_parser("run-notebooks", help="execute the labs headless and write a report")
     r.add_argument("notebooks", nargs="*", type=Path, help="default: every notebook in notebooks/")
     r.add_argument("--profile", choices=["cpu", "gpu"])
@@ -89,7 +110,8 @@ def _models_list(args) -> int:
     print(f"model store: {models_dir()}")
     for r in rows:
         state = f"pulled ({r['size_mb']} MB, {r['source']})" if r["pulled"] else "not pulled"
-        print(f"  {r['name']:<24} {r['task']:<6} {'/'.join(r['profiles']):<5} {r['repo_id']:<40} {state}")
+        origin = r["repo_id"] or "(ships with labkit)"
+        print(f"  {r['name']:<24} {r['task']:<6} {'/'.join(r['profiles']):<5} {origin:<40} {state}")
     return 0
 
 
@@ -128,6 +150,28 @@ def _generate(args) -> int:
         return 0
     for gen in lm.generate(args.prompts, **kw):
         print(f"> {gen.prompt}\n{gen.text}\n  [{gen.new_tokens} tokens, {gen.tokens_per_s:.1f} tok/s]\n")
+    return 0
+
+
+def _image(args) -> int:
+    from labkit.diffusion import generate, load_image_pipeline, save_images
+
+    pipe = load_image_pipeline(args.profile, scheduler=args.scheduler)
+    images = generate(pipe, args.prompts, negative_prompt=args.negative_prompt, steps=args.steps,
+                      guidance=args.guidance, seed=args.seed, n=args.n, size=args.size)
+    for path in save_images(images, args.output):
+        print(path)
+    return 0
+
+
+def _train_t2i(args) -> int:
+    from labkit.t2i import train_t2i
+
+    overrides = {k: v for k, v in {"train_images": args.train_images, "vae_steps": args.vae_steps,
+                                   "unet_steps": args.unet_steps, "batch_size": args.batch_size}.items()
+                 if v is not None}
+    record = train_t2i(args.output, seed=args.seed, **overrides)
+    print(f"saved {args.output} in {record['train_seconds']:.0f}s; final losses {record['final_loss']}")
     return 0
 
 

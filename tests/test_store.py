@@ -32,7 +32,7 @@ def seeded_home(isolated_home, chat_model_path):
 
 
 def test_missing_model_says_how_to_pull_it(isolated_home):
-    assert [r["pulled"] for r in store.list_models("cpu")] == [False]
+    assert not any(r["pulled"] for r in store.list_models("cpu"))
     with pytest.raises(store.ModelNotPulled, match=f"labkit models pull {NAME}"):
         store.model_path(NAME)
 
@@ -160,3 +160,11 @@ def test_unknown_source_and_model_are_clear_errors(isolated_home):
         store.pull(NAME, source="ftp")
     cli = run_cli("models", "pull", "no-such-model")
     assert cli.returncode == 2 and "known models" in cli.stderr
+
+
+def test_bundled_model_is_copied_with_checksums(isolated_home):
+    path = store.pull("shapes-t2i-tiny", progress=False)[0]
+    manifest = store.read_manifest("shapes-t2i-tiny")
+    assert manifest["source"] == {"kind": "bundled", "path": "labkit/weights/shapes-t2i-tiny"}
+    assert "model_index.json" in manifest["files"] and (path / "unet").is_dir()
+    assert store.verify("shapes-t2i-tiny", progress=False).ok

@@ -1,0 +1,262 @@
+"""Train a tiny text-to-image model on the Shapes dataset: a Stable Diffusion in miniature.
+
+Same parts as Stable Diffusion, each small enough to train on a laptop CPU:
+
+* tokenizer: CLIP's byte-level BPE, with whole-word tokens for the English caption words and one
+  token per Chinese character (learned from the captions, offline);
+* text encoder: a 2-layer CLIP text transformer;
+* VAE: an ``AutoencoderKL`` that turns a 32x32 image into an 8x8x4 latent;
+* UNet: a ``UNet2DConditionModel`` with cross-attention to the text, predicting v (noise and image mixed);
+* scheduler: DDPM noise schedule for training, any diffusers scheduler for sampling.
+
+The result is a plain ``StableDiffusionPipeline`` folder: ``DiffusionPipeline.from_pretrained``
+loads it with no custom code. ``labkit train-t2i`` reproduces the shipped checkpoint from a seed.
+
+Example:
+    >>> from labkit.t2i import train_t2i
+    >>> train_t2i("runs/my-shapes-model", seed=0, vae_steps=50, unet_steps=50)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from labkit.shapes import IMAGE_SIZE, ShapesDataset
+
+MAX_TOKENS = 24
+
+
+@dataclass
+class TrainConfig:
+    """The defaults are the recipe of the checkpoint that ships with labkit."""
+
+    seed: int = 0
+    train_images: int = 10_000
+    vae_steps: int = 500
+    unet_steps: int = 3_000
+    batch_size: int = 64
+    vae_lr: float = 1e-3
+    unet_lr: float = 1e-3
+    uncond_prob: float = 0.1  # captions dropped so classifier-free guidance has an unconditional model
+    zh_prob: float = 0.5  # share of Chinese captions
+
+
+def build_tokenizer(captions_en: list[str], captions_zh: list[str]):
+    """CLIP tokenizer whose vocabulary is made from the captions, offline and deterministically.
+
+    Every English caption word becomes one token and every Chinese character one token, so new
+    combinations of known words still tokenize sensibly; any other text falls back to bytes.
+    Merges are written out in a fixed order (no trainer, whose tie-breaking can vary between
+    runs), so the same captions always give the same token ids.
+    """
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPTokenizer
+
+    to_bytes = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for piece in alphabet + [c + "</w>" for c in alphabet]:
+        vocab.setdefault(piece, len(vocab))
+    merges: list[tuple[str, str]] = []
+    ranks: dict[tuple[str, str], int] = {}
+
+    def bpe(symbols: list[str]) -> list[str]:  # what the tokenizer will do with the merges so far
+        while len(symbols) > 1:
+            pairs = [(ranks.get(pair, len(ranks)), i) for i, pair in enumerate(itertools.pairwise(symbols))]
+            rank, i = min(pairs)
+            if rank == len(ranks):
+                break
+            symbols = symbols[:i] + [symbols[i] + symbols[i + 1]] + symbols[i + 2:]
+        return symbols
+
+    def learn(symbols: list[str]) -> None:  # add merges until ``symbols`` is a single token
+        symbols = bpe(symbols)
+        while len(symbols) > 1:
+            pair = (symbols[0], symbols[1])
+            ranks[pair] = len(merges)
+            merges.append(pair)
+            vocab.setdefault(pair[0] + pair[1], len(vocab))
+            symbols = [pair[0] + pair[1], *symbols[2:]]
+
+    words = {w for caption in captions_en for w in caption.lower().split()}
+    for word in sorted(words, key=lambda w: (-len(w), w)):
+        chars = list(to_bytes.pre_tokenize_str(word)[0][0])
+        learn(chars[:-1] + [chars[-1] + "</w>"])
+    for char in sorted({ch for caption in captions_zh for ch in caption if ord(ch) > 127}):
+        b = list(to_bytes.pre_tokenize_str(char)[0][0])  # a CJK character is 3 UTF-8 bytes
+        learn(b)  # inside a caption
+        learn(b[:-1] + [b[-1] + "</w>"])  # at its end
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_TOKENS)
+
+
+def build_models(vocab_size: int):
+    """Untrained text encoder, VAE and UNet with Stable Diffusion's structure, scaled down."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=MAX_TOKENS, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    ))
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=IMAGE_SIZE,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(32, 32, 64), layers_per_block=1, norm_num_groups=16,
+    )
+    unet = UNet2DConditionModel(
+        sample_size=IMAGE_SIZE // 4, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(48, 96),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=64, attention_head_dim=8, norm_num_groups=16,
+    )
+    return text_encoder, vae, unet
+
+
+def build_scheduler():
+    from diffusers import DDPMScheduler
+
+    # v-prediction: a target with the same scale at every noise level, which tiny models learn faster
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
+                         steps_offset=1)
+
+
+def _training_set(cfg: TrainConfig, progress: bool) -> tuple[torch.Tensor, list[str], list[str]]:
+    ds = ShapesDataset(cfg.train_images, seed=cfg.seed)
+    images = np.empty((cfg.train_images, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    en, zh = [], []
+    for i in tqdm(range(cfg.train_images), desc="render shapes", disable=not progress):
+        item = ds[i]
+        images[i] = np.asarray(item["image"])
+        en.append(item["caption_en"])
+        zh.append(item["caption_zh"])
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return pixels, en, zh
+
+
+def train_t2i(output: str | Path, *, config: TrainConfig | None = None, progress: bool = True,
+              on_step: Callable[[str, int, float], None] | None = None, **overrides) -> dict:
+    """Train the tokenizer, VAE, text encoder and UNet, then save a StableDiffusionPipeline.
+
+    ``on_step(stage, step, loss)`` is called every 10 steps (live loss plots). The pipeline is
+    written to a temporary folder next to ``output`` and renamed into place when complete, so an
+    interrupted run never leaves a half model. Returns the training record (also saved as
+    ``training.json`` in the output).
+    """
+    from diffusers import StableDiffusionPipeline
+
+    cfg = config or TrainConfig()
+    for key, value in overrides.items():
+        if not hasattr(cfg, key):
+            raise TypeError(f"unknown training option {key!r}; options: {', '.join(asdict(cfg))}")
+        setattr(cfg, key, value)
+    if cfg.vae_steps < 1 or cfg.unet_steps < 1 or cfg.batch_size < 1:
+        raise ValueError("vae_steps, unet_steps and batch_size must be positive")
+    output = Path(output)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    t_start = time.perf_counter()
+
+    pixels, en, zh = _training_set(cfg, progress)
+    tokenizer = build_tokenizer(en, zh)
+    text_encoder, vae, unet = build_models(len(tokenizer))
+    scheduler = build_scheduler()
+    record: dict = {"config": asdict(cfg), "losses": {}}
+
+    def report(stage: str, step: int, loss: float, bar) -> None:
+        record["losses"].setdefault(stage, []).append([step, loss])
+        bar.set_postfix(loss=f"{loss:.4f}")
+        if on_step:
+            on_step(stage, step, loss)
+
+    # 1. VAE: reconstruct images through an 8x8x4 latent (small KL term keeps latents well-behaved)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
+    vae.train()
+    bar = tqdm(range(cfg.vae_steps), desc="train VAE", disable=not progress)
+    for step in bar:
+        x = pixels[torch.randint(len(pixels), (cfg.batch_size,), generator=gen)]
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(generator=gen)).sample
+        loss = F.mse_loss(recon, x) + 1e-6 * posterior.kl().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 10 == 0 or step == cfg.vae_steps - 1:
+            report("vae", step, loss.item(), bar)
+    vae.eval().requires_grad_(False)
+
+    # Scale latents to unit variance, as Stable Diffusion does with its 0.18215.
+    with torch.no_grad():
+        sample = vae.encode(pixels[:1024]).latent_dist.mean
+    vae.register_to_config(scaling_factor=float(1.0 / sample.std()))
+    record["vae_scaling_factor"] = vae.config.scaling_factor
+
+    # 2. Text encoder + UNet: from a noised latent and the caption, predict v = a*noise - b*latent
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.unet_lr)
+    lr_sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.unet_lr, total_steps=cfg.unet_steps,
+                                                   pct_start=0.05)
+    unet.train()
+    text_encoder.train()
+    bar = tqdm(range(cfg.unet_steps), desc="train UNet + text encoder", disable=not progress)
+    for step in bar:
+        idx = torch.randint(len(pixels), (cfg.batch_size,), generator=gen)
+        use_zh = torch.rand(cfg.batch_size, generator=gen) < cfg.zh_prob
+        drop = torch.rand(cfg.batch_size, generator=gen) < cfg.uncond_prob
+        captions = ["" if d else (zh[i] if z else en[i]) for i, z, d in zip(idx.tolist(), use_zh, drop, strict=True)]
+        with torch.no_grad():
+            latents = vae.encode(pixels[idx]).latent_dist.sample(generator=gen) * vae.config.scaling_factor
+        tokens = tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True,
+                           return_tensors="pt").input_ids
+        cond = text_encoder(tokens)[0]
+        noise = torch.randn(latents.shape, generator=gen)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=gen)
+        pred = unet(scheduler.add_noise(latents, noise, t), t, encoder_hidden_states=cond).sample
+        loss = F.mse_loss(pred, scheduler.get_velocity(latents, noise, t))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        lr_sched.step()
+        if step % 10 == 0 or step == cfg.unet_steps - 1:
+            report("unet", step, loss.item(), bar)
+    unet.eval()
+    text_encoder.eval()
+
+    record["train_seconds"] = round(time.perf_counter() - t_start, 1)
+    record["final_loss"] = {k: float(np.mean([v for _, v in vals[-10:]])) for k, vals in record["losses"].items()}
+    record["torch"] = torch.__version__
+
+    from diffusers import DPMSolverMultistepScheduler
+
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        # sampling uses a fast multistep solver configured from the training schedule
+        scheduler=DPMSolverMultistepScheduler.from_config(scheduler.config),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        pipe.save_pretrained(tmp)
+        (tmp / "training.json").write_text(json.dumps(record, indent=1))
+        if output.exists():
+            shutil.rmtree(output)
+        os.replace(tmp, output)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return record
