@@ -48,7 +48,7 @@ def load_image_pipeline(profile: str | None = None, *, device: str | None = None
     path = store.model_path(spec.name)
     placement = profiles.pick_device_dtype(device, dtype or _default_dtype(device))
     variant = "fp16" if any(path.glob("*/*.fp16.safetensors")) else None
-    pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=placement.dtype, variant=variant,
+    pipe = DiffusionPipeline.from_pretrained(path, dtype=placement.dtype, variant=variant,
                                              local_files_only=True)
     pipe = pipe.to(placement.device)
     pipe.set_progress_bar_config(desc="denoise", leave=False)
