@@ -26,3 +26,39 @@ def test_bad_lines_name_the_file_and_line(tmp_path, line, match):
 def test_unknown_dataset_lists_the_known_ones():
     with pytest.raises(FileNotFoundError, match="chat_prompts_mini"):
         read_prompts("nope")
+
+
+def test_prompts_500_is_big_bilingual_and_varied():
+    rows = read_prompts("prompts_500")
+    assert len(rows) == 500 and {r["lang"] for r in rows} == {"en", "zh"}
+    lengths = sorted(len(r["prompt"]) for r in rows)
+    assert lengths[0] < 20 and lengths[-1] > 200, "short and long prompts both"
+
+
+def test_prompts_500_regenerates_byte_for_byte(tmp_path, monkeypatch):
+    import importlib.util
+
+    from labkit.data import datasets_dir
+
+    folder = datasets_dir() / "prompts_500"
+    spec = importlib.util.spec_from_file_location("make_prompts", folder / "make_prompts.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "HERE", tmp_path)
+    module.main()
+    for name in ("prompts.jsonl", "bad_rows.jsonl"):
+        assert (tmp_path / name).read_bytes() == (folder / name).read_bytes()
+
+
+def test_every_bad_row_is_rejected_with_its_line(tmp_path):
+    from labkit.data import datasets_dir
+
+    lines = (datasets_dir() / "prompts_500" / "bad_rows.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 7
+    for i, line in enumerate(lines):
+        if "bad-long" in line:
+            continue  # well-formed but too long for the model: the batch lab catches it, not the reader
+        path = tmp_path / f"bad{i}.jsonl"
+        path.write_text(line, encoding="utf-8")
+        with pytest.raises(ValueError, match=":1: "):
+            read_prompts(path)
