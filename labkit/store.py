@@ -183,7 +183,7 @@ def _pull_one(spec: ModelSpec, *, force: bool, source: str, progress: bool) -> P
         try:
             info = _fetch(spec, staging, source=source, progress=progress)
             _write_manifest(staging, spec, info, progress=progress)
-            _swap_into_place(staging, final)
+            swap_into_place(staging, final)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -331,7 +331,9 @@ def _write_manifest(folder: Path, spec: ModelSpec, source: dict, *, progress: bo
     os.replace(tmp, folder / MANIFEST)  # the manifest is written last: it marks a complete model
 
 
-def _swap_into_place(staging: Path, final: Path) -> None:
+def swap_into_place(staging: Path, final: Path) -> None:
+    """Replace ``final`` with the complete folder ``staging``; the old copy is moved aside first,
+    so ``final`` is never a mix of the two (also used for trained models, see ``labkit.t2i``)."""
     if final.exists():
         trash = final.with_name(f".trash-{final.name}-{os.getpid()}")
         os.replace(final, trash)

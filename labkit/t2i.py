@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from labkit.shapes import IMAGE_SIZE, ShapesDataset
+from labkit.store import swap_into_place
 
 MAX_TOKENS = 24
 
@@ -257,9 +258,7 @@ def train_t2i(output: str | Path, *, config: TrainConfig | None = None, progress
     try:
         pipe.save_pretrained(tmp)
         (tmp / "training.json").write_text(json.dumps(record, indent=1))
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(tmp, output)
+        swap_into_place(tmp, output)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return record
