@@ -81,6 +81,23 @@ def _parser() -> argparse.ArgumentParser:
         t.add_argument(f"--{option}", type=int, default=default, help="default: the shipped recipe")
     t.set_defaults(func=_train_t2i)
 
+    b = sub.add_parser("batch", help="offline batch inference with Ray Data: prompts file in, Parquet out")
+    b.add_argument("input", help="a .jsonl or .parquet file with id and prompt, or a dataset name (prompts_500)")
+    b.add_argument("--output", type=Path, required=True, help="results folder (Parquet shards; images/ for PNGs)")
+    b.add_argument("--task", choices=["chat", "image"], default="chat")
+    b.add_argument("--profile", choices=["cpu", "gpu"])
+    b.add_argument("--actors", type=int, default=1, help="model copies running at once")
+    b.add_argument("--batch-size", type=int, default=16, help="rows per model call")
+    b.add_argument("--num-cpus", type=float, help="CPUs per actor (default: split evenly)")
+    b.add_argument("--num-gpus", type=float, default=0, help="GPUs per actor; 0.5 puts two actors on one GPU")
+    b.add_argument("--max-new-tokens", type=int, default=64)
+    b.add_argument("--temperature", type=float, default=0.0)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--limit", type=int, help="only the first N rows")
+    b.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
+    b.add_argument("--address", help="join this Ray cluster (e.g. auto) instead of starting one")
+    b.set_defaults(func=_batch)
+
     r = sub.add_parser("run-notebooks", help="execute the labs headless and write a report")
     r.add_argument("notebooks", nargs="*", type=Path, help="default: every notebook in notebooks/")
     r.add_argument("--profile", choices=["cpu", "gpu"])
@@ -172,6 +189,22 @@ def _train_t2i(args) -> int:
                  if v is not None}
     record = train_t2i(args.output, seed=args.seed, **overrides)
     print(f"saved {args.output} in {record['train_seconds']:.0f}s; final losses {record['final_loss']}")
+    return 0
+
+
+def _batch(args) -> int:
+    from labkit.batch import run_batch
+    from labkit.ray_runtime import init_ray
+
+    if args.address:
+        init_ray(address=args.address)
+    report = run_batch(args.input, args.output, task=args.task, profile=args.profile, actors=args.actors,
+                       batch_size=args.batch_size, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+                       max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
+                       limit=args.limit, overwrite=args.overwrite)
+    print(f"{report.rows} rows: {report.ok} ok, {report.errors} errors, {report.skipped} already done; "
+          f"{report.seconds:.1f}s, {report.prompts_per_s:.2f} prompts/s, {report.tokens_per_s:.1f} tokens/s")
+    print(f"results: {report.output_dir} (read with labkit.batch.read_results)")
     return 0
 
 

@@ -1,0 +1,106 @@
+"""Start or join Ray the way the labs need it: token auth on, dashboard on loopback only.
+
+Ray 2.60 turns token authentication on by default. A cluster started here writes its token to
+``~/.ray/auth_token``; every client (a notebook joining with ``address="auto"``, ``ray job
+submit``, the dashboard in a browser) must present it. Clients find it when ``RAY_AUTH_MODE=token``
+is set, so ``init_ray`` sets that before Ray is imported, unless the user chose otherwise.
+
+Example:
+    >>> from labkit.ray_runtime import init_ray
+    >>> info = init_ray(num_cpus=2)          # doctest: +SKIP
+    >>> info.dashboard_url                   # doctest: +SKIP
+    'http://127.0.0.1:8265'
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class RayInfo:
+    """What a lab needs to know about the Ray it is connected to."""
+
+    address: str
+    dashboard_url: str | None
+    resources: dict
+    auth_mode: str
+    token_file: Path | None
+    started_here: bool
+
+
+def auth_token_file() -> Path:
+    """Where Ray keeps the cluster token (``$RAY_AUTH_TOKEN_PATH`` overrides ``~/.ray/auth_token``)."""
+    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+
+
+def configure_auth() -> str:
+    """Set ``RAY_AUTH_MODE=token`` unless the user set a mode; returns the mode in force.
+
+    Must run before ``import ray`` reads its environment in a fresh process; worker processes
+    inherit it from the driver.
+    """
+    return os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
+# Ray reads RAY_AUTH_MODE when it is imported, so this runs as soon as any labkit Ray module is
+# imported: import labkit's Ray helpers before ``import ray`` in a notebook.
+configure_auth()
+
+
+def init_ray(*, address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,
+             dashboard: bool = True, quiet: bool = True) -> RayInfo:
+    """Join a running Ray cluster (``address``, e.g. ``"auto"`` or ``"ray://..."``) or start a local one.
+
+    A local cluster binds its dashboard to 127.0.0.1 only: on a shared workshop network a
+    dashboard on 0.0.0.0 would let anyone on the wifi submit jobs. Calling it again returns the
+    running cluster's info (cells can be re-run).
+    """
+    mode = configure_auth()
+    import ray
+
+    started_here = False
+    if not ray.is_initialized():
+        kwargs: dict = dict(ignore_reinit_error=True, log_to_driver=not quiet, logging_level="WARNING")
+        if address:
+            kwargs["address"] = address
+        else:
+            kwargs.update(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard,
+                          dashboard_host=LOOPBACK)
+            started_here = True
+        try:
+            ray.init(**kwargs)
+        except ConnectionError as exc:
+            raise RuntimeError(
+                f"could not join the Ray cluster at {address!r}: {exc}. Is `ray start --head` running, "
+                f"and is RAY_AUTH_MODE=token set with the cluster's token in {auth_token_file()}?"
+            ) from None
+    ctx = ray.get_runtime_context()
+    url = _dashboard_url()
+    token = auth_token_file()
+    return RayInfo(address=ctx.gcs_address, dashboard_url=url, resources=ray.cluster_resources(),
+                   auth_mode=mode, token_file=token if token.is_file() else None, started_here=started_here)
+
+
+def shutdown_ray() -> None:
+    """Stop the local cluster (or disconnect from a remote one)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def _dashboard_url() -> str | None:
+    import ray
+
+    try:
+        url = ray.get_runtime_context().dashboard_url  # type: ignore[attr-defined]
+    except AttributeError:
+        url = ray._private.worker.global_worker.node.address_info.get("webui_url")
+    if not url:
+        return None
+    return url if url.startswith("http") else f"http://{url}"
