@@ -41,3 +41,13 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subpro
     """Run ``python -m labkit ...`` as a user would, capturing its output."""
     return subprocess.run([sys.executable, "-m", "labkit", *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=timeout, cwd=REPO)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(chat_model_path):
+    """One local Ray cluster (token auth on, no dashboard) for every test that needs Ray."""
+    from labkit.ray_runtime import init_ray, shutdown_ray
+
+    info = init_ray(num_cpus=2, dashboard=False)
+    yield info
+    shutdown_ray()

@@ -11,21 +11,12 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import run_cli
 
 from labkit.batch import read_batch_input, read_results, run_batch
 from labkit.data import datasets_dir
-from tests.conftest import run_cli
 
 BAD_ROWS = datasets_dir() / "prompts_500" / "bad_rows.jsonl"
-
-
-@pytest.fixture(scope="module")
-def ray_cluster(chat_model_path):
-    from labkit.ray_runtime import init_ray, shutdown_ray
-
-    info = init_ray(num_cpus=2, dashboard=False)
-    yield info
-    shutdown_ray()
 
 
 def _write_jsonl(path, rows, extra_lines=()):
