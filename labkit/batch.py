@@ -114,7 +114,7 @@ def read_batch_input(source: str | Path) -> list[dict]:
 class ChatPredictor:
     """Generates a reply for each row of a batch. Used by ``map_batches`` as a class (stateful)."""
 
-    def __init__(self, model_name: str, *, device: str, dtype: str, max_new_tokens: int, temperature: float,
+    def __init__(self, model_name: str, *, device: str, dtype: str | None, max_new_tokens: int, temperature: float,
                  seed: int, min_new_tokens: int = 0):
         from labkit import store
         from labkit.llm import ChatModel
@@ -322,14 +322,16 @@ def run_batch(source: str | Path, output_dir: str | Path, *, task: str = "chat",
 
     info = init_ray()
     cpus = num_cpus or max(1.0, info.resources.get("CPU", 1) // actors)
-    placement = profiles.pick_device_dtype("cuda" if num_gpus else "cpu")
+    # Each actor picks its dtype where it runs (the driver need not even import torch);
+    # $LABKIT_DTYPE set in this process is passed on, since workers may have started before it was set.
+    device, dtype = ("cuda" if num_gpus else "cpu"), os.environ.get("LABKIT_DTYPE")
     if task == "chat":
         predictor, kwargs = ChatPredictor, dict(
-            model_name=spec.name, device=str(placement.device), dtype=str(placement.dtype).removeprefix("torch."),
+            model_name=spec.name, device=device, dtype=dtype,
             max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, temperature=temperature, seed=seed)
     else:
         predictor, kwargs = ImagePredictor, dict(model_name=spec.name, profile=profiles.check_profile(profile),
-                                                 device=str(placement.device), output_dir=str(out.resolve()),
+                                                 device=device, output_dir=str(out.resolve()),
                                                  seed=seed)
 
     t0 = time.perf_counter()
