@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import uuid
@@ -340,6 +341,9 @@ def run_batch(source: str | Path, output_dir: str | Path, *, task: str = "chat",
     workers: set[int] = set()
     bar = tqdm(total=len(rows), initial=skipped, desc=f"batch {task}", unit="row", disable=not progress)
     if todo:
+        # One progress bar (ours, in rows) instead of Ray Data's per-operator log lines.
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
         # Similar lengths side by side, so each model batch pads little (results are keyed by id).
         todo.sort(key=lambda r: len(r["prompt"] or ""))
         ds = ray.data.from_items(todo).map_batches(
