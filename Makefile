@@ -43,6 +43,8 @@ run: models
 
 bench: models
 	$(BIN)/python benchmarks/bench_foundation.py
+	$(BIN)/python benchmarks/bench_batch.py
+	$(BIN)/python benchmarks/bench_serve.py
 
 lint: setup
 	$(BIN)/ruff check .

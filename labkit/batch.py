@@ -238,12 +238,13 @@ class ResultWriter:
         self.written = 0
         self.duplicates_dropped = 0
 
-    def write(self, rows: dict) -> int:
+    def write(self, rows: dict) -> dict:
+        """Write the rows whose ids are new; returns those rows (column lists)."""
         keep = [i for i, rid in enumerate(rows["id"]) if rid not in self.done]
         self.duplicates_dropped += len(rows["id"]) - len(keep)
-        if not keep:
-            return 0
         cols = {name: [rows[name][i] for i in keep] for name in self.schema.names}
+        if not keep:
+            return cols
         table = pa.table(cols, schema=self.schema)
         name = f"part-{time.time_ns():019d}-{uuid.uuid4().hex[:6]}.parquet"
         tmp = self.folder / f".{name}.tmp"
@@ -251,7 +252,7 @@ class ResultWriter:
         os.replace(tmp, self.folder / name)
         self.done.update(cols["id"])
         self.written += len(keep)
-        return len(keep)
+        return cols
 
 
 def read_results(folder: str | Path) -> pa.Table:
@@ -313,6 +314,9 @@ def run_batch(source: str | Path, output_dir: str | Path, *, task: str = "chat",
         raise ValueError(f"num_gpus must be >= 0, and a whole number above 1 (0.5 shares a GPU), got {num_gpus}")
     spec = profiles.model_for(task, profile)
     rows = read_batch_input(source)[:limit]
+    info = init_ray()
+    cpus = num_cpus or max(1.0, info.resources.get("CPU", 1) // actors)
+    _check_fits(actors, cpus, num_gpus, info.resources)
     out = Path(output_dir)
     job = {"source": str(source), "task": task, "model": spec.name, "max_new_tokens": max_new_tokens,
            "temperature": temperature, "seed": seed, "limit": limit}
@@ -321,8 +325,6 @@ def run_batch(source: str | Path, output_dir: str | Path, *, task: str = "chat",
     skipped = sum(r["id"] in writer.done for r in rows)
     todo = [r for r in rows if r["id"] not in writer.done]
 
-    info = init_ray()
-    cpus = num_cpus or max(1.0, info.resources.get("CPU", 1) // actors)
     # Each actor picks its dtype where it runs (the driver need not even import torch);
     # $LABKIT_DTYPE set in this process is passed on, since workers may have started before it was set.
     device, dtype = ("cuda" if num_gpus else "cpu"), os.environ.get("LABKIT_DTYPE")
@@ -350,12 +352,11 @@ def run_batch(source: str | Path, output_dir: str | Path, *, task: str = "chat",
             predictor, fn_constructor_kwargs=kwargs, batch_size=batch_size, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cpus, num_gpus=num_gpus)
         for result in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            result = result.to_pydict()
             first = first if first is not None else time.perf_counter() - t0
-            writer.write(result)
-            new_tokens += sum(t or 0 for t in result.get("tokens", []))
-            workers.update(result["worker"])
-            bar.update(len(result["id"]))
+            written = writer.write(result.to_pydict())
+            new_tokens += sum(t or 0 for t in written.get("tokens", []))
+            workers.update(written["worker"])
+            bar.update(len(written["id"]))
     bar.close()
     seconds = time.perf_counter() - t0
 
@@ -368,6 +369,17 @@ def run_batch(source: str | Path, output_dir: str | Path, *, task: str = "chat",
                          duplicates_dropped=writer.duplicates_dropped, workers=sorted(workers))
     (out / "_report.json").write_text(json.dumps(asdict(report), indent=2))
     return report
+
+
+def _check_fits(actors: int, cpus: float, gpus: float, resources: dict) -> None:
+    """A fixed-size actor pool that cannot be placed would wait forever: say so up front instead."""
+    have_cpu, have_gpu = resources.get("CPU", 0), resources.get("GPU", 0)
+    if actors * cpus > have_cpu:
+        raise ValueError(f"{actors} actors x {cpus:g} CPUs need {actors * cpus:g} CPUs but the cluster has "
+                         f"{have_cpu:g}: use fewer actors or a smaller num_cpus (e.g. {have_cpu / actors:g})")
+    if actors * gpus > have_gpu:
+        raise ValueError(f"{actors} actors x {gpus:g} GPUs need {actors * gpus:g} GPUs but the cluster has "
+                         f"{have_gpu:g}: use fewer actors or num_gpus={have_gpu / actors:g} to share")
 
 
 def _claim_output(out: Path, job: dict, *, overwrite: bool) -> None:

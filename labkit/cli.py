@@ -98,6 +98,30 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--address", help="join this Ray cluster (e.g. auto) instead of starting one")
     b.set_defaults(func=_batch)
 
+    sv = sub.add_parser("serve", help="online serving with Ray Serve: OpenAI-compatible chat and image routes")
+    ssub = sv.add_subparsers(metavar="ACTION")
+    up = ssub.add_parser("up", help="start a local Ray head if none runs, deploy the apps, return")
+    _serve_settings_args(up)
+    up.set_defaults(func=_serve_up)
+    cfg = ssub.add_parser("config", help="print (or write) the deployment as a Serve config YAML")
+    _serve_settings_args(cfg)
+    cfg.add_argument("--output", type=Path, help="write to this file instead of printing")
+    cfg.set_defaults(func=_serve_config)
+    st = ssub.add_parser("status", help="state of the deployed apps")
+    st.set_defaults(func=_serve_status)
+    dn = ssub.add_parser("down", help="delete the apps and stop Serve")
+    dn.add_argument("--stop-ray", action="store_true", help="also stop the local Ray head (`ray stop`)")
+    dn.set_defaults(func=_serve_down)
+    sb = ssub.add_parser("bench", help="load-test the chat route on this machine (bounded, loopback only)")
+    sb.add_argument("--url", default="http://127.0.0.1:8000")
+    sb.add_argument("--requests", type=int, default=64)
+    sb.add_argument("--concurrency", type=int, default=16)
+    sb.add_argument("--max-tokens", type=int, default=32)
+    sb.add_argument("--timeout", type=float, default=300, help="stop after this many seconds")
+    sb.add_argument("--json", action="store_true")
+    sb.set_defaults(func=_serve_bench)
+    sv.set_defaults(func=lambda a: (sv.print_help(), 2)[1])
+
     r = sub.add_parser("run-notebooks", help="execute the labs headless and write a report")
     r.add_argument("notebooks", nargs="*", type=Path, help="default: every notebook in notebooks/")
     r.add_argument("--profile", choices=["cpu", "gpu"])
@@ -206,6 +230,101 @@ def _batch(args) -> int:
           f"{report.seconds:.1f}s, {report.prompts_per_s:.2f} prompts/s, {report.tokens_per_s:.1f} tokens/s")
     print(f"results: {report.output_dir} (read with labkit.batch.read_results)")
     return 0
+
+
+def _serve_settings_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", choices=["cpu", "gpu"])
+    p.add_argument("--host", default="127.0.0.1", help="keep loopback unless behind an authenticating proxy")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--no-chat", action="store_true", help="do not deploy the chat app")
+    p.add_argument("--no-images", action="store_true", help="do not deploy the image app")
+    p.add_argument("--max-batch-size", type=int, default=8, help="1 turns dynamic batching off")
+    p.add_argument("--batch-wait-timeout", type=float, default=0.05, help="seconds a batch waits to fill")
+    p.add_argument("--chat-replicas", type=int, default=1)
+    p.add_argument("--chat-max-replicas", type=int, help="autoscale chat replicas up to this many")
+    p.add_argument("--chat-num-gpus", type=float, default=0, help="0.5 with --image-num-gpus 0.5 shares a GPU")
+    p.add_argument("--image-num-gpus", type=float, default=0)
+
+
+def _serve_settings(args):
+    from labkit.serve import ServeSettings
+
+    s = ServeSettings(profile=args.profile, host=args.host, port=args.port, chat=not args.no_chat,
+                      images=not args.no_images, max_batch_size=args.max_batch_size,
+                      batch_wait_timeout_s=args.batch_wait_timeout, chat_replicas=args.chat_replicas,
+                      chat_max_replicas=args.chat_max_replicas, chat_num_gpus=args.chat_num_gpus,
+                      image_num_gpus=args.image_num_gpus)
+    s.check()
+    return s
+
+
+def _serve_up(args) -> int:
+    from labkit import ray_runtime, serve
+
+    settings = _serve_settings(args)
+    if settings.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"labkit: warning: serving on {settings.host}: anyone who can reach this port can use the models. "
+              f"Put an authenticating proxy in front (see README).", file=sys.stderr)
+    if not ray_runtime.head_running():
+        print("starting a local Ray head (stop it with `labkit serve down --stop-ray`)")
+        ray_runtime.start_head()
+    url = serve.deploy(settings, address="auto")
+    print(json.dumps(serve.status(), indent=2))
+    print(f"serving at {url}  (try: curl {url}/v1/chat/completions -H 'Content-Type: application/json' "
+          """-d '{"messages": [{"role": "user", "content": "Hello"}]}')""")
+    return 0
+
+
+def _serve_config(args) -> int:
+    from labkit.serve import serve_config_yaml
+
+    text = serve_config_yaml(_serve_settings(args))
+    if args.output:
+        args.output.write_text(text)
+        print(f"wrote {args.output}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def _serve_status(args) -> int:
+    from labkit import ray_runtime, serve
+
+    if not ray_runtime.head_running():
+        print("no Ray head is running on this machine (start one with `labkit serve up`)")
+        return 1
+    ray_runtime.init_ray(address="auto")
+    print(json.dumps(serve.status(), indent=2))
+    return 0
+
+
+def _serve_down(args) -> int:
+    from labkit import ray_runtime, serve
+
+    if ray_runtime.head_running():
+        ray_runtime.init_ray(address="auto")
+        serve.shutdown()
+        print("Serve stopped")
+    if args.stop_ray:
+        ray_runtime.stop_head()
+        print("Ray stopped")
+    return 0
+
+
+def _serve_bench(args) -> int:
+    from labkit.loadtest import load_test
+
+    report = load_test(args.url, requests=args.requests, concurrency=args.concurrency, max_tokens=args.max_tokens,
+                       timeout_s=args.timeout)
+    report.pop("rows")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{report['requests']} requests at concurrency {report['concurrency']}: {report['ok']} ok, "
+              f"{report['errors']} errors {report['statuses']}; {report['requests_per_s']:.2f} req/s, "
+              f"{report['tokens_per_s']:.1f} tokens/s; latency p50 {report['p50_s']:.2f}s, "
+              f"p95 {report['p95_s']:.2f}s, p99 {report['p99_s']:.2f}s")
+    return 0 if report["errors"] == 0 else 1
 
 
 def _run_notebooks(args) -> int:

@@ -54,7 +54,7 @@ configure_auth()
 
 def init_ray(*, address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,
              dashboard: bool = True, quiet: bool = True) -> RayInfo:
-    """Join a running Ray cluster (``address``, e.g. ``"auto"`` or ``"ray://..."``) or start a local one.
+    """Join a running Ray cluster (``address``, e.g. ``"auto"``, or ``$RAY_ADDRESS``) or start a local one.
 
     A local cluster binds its dashboard to 127.0.0.1 only: on a shared workshop network a
     dashboard on 0.0.0.0 would let anyone on the wifi submit jobs. Calling it again returns the
@@ -64,12 +64,15 @@ def init_ray(*, address: str | None = None, num_cpus: int | None = None, num_gpu
     import ray
 
     started_here = False
+    address = address or os.environ.get("RAY_ADDRESS") or None
     if not ray.is_initialized():
         kwargs: dict = dict(ignore_reinit_error=True, log_to_driver=not quiet, logging_level="WARNING")
         if address:
             kwargs["address"] = address
         else:
-            kwargs.update(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard,
+            # "local": a cluster of our own, even if a `ray start` head runs on this machine
+            # (plain ray.init() would silently join that one instead).
+            kwargs.update(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard,
                           dashboard_host=LOOPBACK)
             started_here = True
         try:
@@ -84,6 +87,41 @@ def init_ray(*, address: str | None = None, num_cpus: int | None = None, num_gpu
     token = auth_token_file()
     return RayInfo(address=ctx.gcs_address, dashboard_url=url, resources=ray.cluster_resources(),
                    auth_mode=mode, token_file=token if token.is_file() else None, started_here=started_here)
+
+
+def start_head(*, num_cpus: int | None = None, num_gpus: int | None = None) -> str:
+    """Start a detached local head (``ray start --head``) on loopback, so that apps deployed to it
+    outlive the command that deployed them; returns its address. Stop it with ``stop_head``.
+    """
+    import subprocess
+    import sys
+
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    cmd = [ray_cli, "start", "--head", f"--node-ip-address={LOOPBACK}", f"--dashboard-host={LOOPBACK}",
+           "--disable-usage-stats"]
+    if num_cpus is not None:
+        cmd.append(f"--num-cpus={num_cpus}")
+    if num_gpus is not None:
+        cmd.append(f"--num-gpus={num_gpus}")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "RAY_AUTH_MODE": configure_auth()})
+    if proc.returncode != 0:
+        raise RuntimeError(f"`ray start --head` failed:\n{proc.stdout[-1500:]}{proc.stderr[-1500:]}")
+    return "auto"
+
+
+def head_running() -> bool:
+    """Whether a ``ray start`` cluster is running on this machine (a notebook's own cluster does not count)."""
+    from ray._private.services import find_bootstrap_address
+
+    return bool(find_bootstrap_address(None))
+
+
+def stop_head() -> None:
+    """``ray stop``: stops every Ray process of this user on this machine."""
+    import subprocess
+    import sys
+
+    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop"], capture_output=True, text=True)
 
 
 def shutdown_ray() -> None:

@@ -99,6 +99,15 @@ def test_every_row_once_bad_rows_reported_and_resume(ray_cluster, tmp_path):
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
 
 
+def test_actor_pools_that_cannot_be_placed_are_refused_up_front(ray_cluster, tmp_path):
+    src = _write_jsonl(tmp_path / "in.jsonl", _good_rows(2))
+    with pytest.raises(ValueError, match="need 3 CPUs but the cluster has 2"):
+        run_batch(src, tmp_path / "a", actors=3, num_cpus=1, progress=False)
+    with pytest.raises(ValueError, match="need 1 GPUs but the cluster has 0"):
+        run_batch(src, tmp_path / "b", actors=2, num_gpus=0.5, progress=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # nothing half-made
+
+
 def test_greedy_results_match_the_plain_model(ray_cluster, tmp_path, lm_fp32, monkeypatch):
     monkeypatch.setenv("LABKIT_DTYPE", "float32")  # the precision where batching cannot flip a token
     rows = _good_rows(6)

@@ -1,0 +1,412 @@
+"""Online serving with Ray Serve: OpenAI-compatible chat and image endpoints with dynamic batching.
+
+Two Serve applications, each scaled and placed on its own:
+
+- ``chat``   at ``/v1/chat``:   ``POST /v1/chat/completions`` (``"stream": true`` gives server-sent events)
+- ``images`` at ``/v1/images``: ``POST /v1/images/generations`` (base64 PNGs)
+
+Requests that arrive within ``batch_wait_timeout_s`` of each other are run as one model batch
+(``@serve.batch``); ``max_batch_size=1`` turns batching off. Every bad request gets a 4xx with an
+OpenAI-style error body; nothing a client sends can take a replica down. The HTTP proxy listens on
+127.0.0.1 only (see the README for exposing it safely).
+
+Example:
+    >>> from labkit.serve import ServeSettings, deploy
+    >>> deploy(ServeSettings(max_batch_size=8))        # doctest: +SKIP
+    >>> # curl http://127.0.0.1:8000/v1/chat/completions -d '{"messages": [{"role": "user", "content": "Hi"}]}'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import time
+import uuid
+from dataclasses import asdict, dataclass
+
+from labkit import profiles
+from labkit.ray_runtime import LOOPBACK, init_ray
+
+MAX_BODY_BYTES = 64 * 1024  # a chat request is a few KB; anything far larger is a mistake or an attack
+MAX_MESSAGES = 64
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass
+class ServeSettings:
+    """Everything a deployment needs; also what the exported Serve config is made from."""
+
+    profile: str | None = None
+    host: str = LOOPBACK
+    port: int = 8000
+    chat: bool = True
+    images: bool = True
+    chat_replicas: int = 1
+    chat_max_replicas: int | None = None  # > chat_replicas turns on autoscaling between the two
+    image_replicas: int = 1
+    chat_num_cpus: float = 1
+    image_num_cpus: float = 1
+    chat_num_gpus: float = 0  # 0.5 + image_num_gpus=0.5: both models share one GPU
+    image_num_gpus: float = 0
+    max_batch_size: int = 8
+    batch_wait_timeout_s: float = 0.05
+    max_tokens_limit: int = 512
+    default_max_tokens: int = 128
+    max_images: int = 4
+
+    def check(self) -> None:
+        for name in ("chat_replicas", "image_replicas", "max_batch_size", "max_tokens_limit", "max_images"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.chat_max_replicas is not None and self.chat_max_replicas < self.chat_replicas:
+            raise ValueError("chat_max_replicas must be >= chat_replicas")
+        for name in ("chat_num_gpus", "image_num_gpus", "chat_num_cpus", "image_num_cpus", "batch_wait_timeout_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.default_max_tokens <= self.max_tokens_limit:
+            raise ValueError("default_max_tokens must be between 1 and max_tokens_limit")
+
+
+class RequestError(Exception):
+    """A client mistake: becomes an HTTP 4xx with an OpenAI-style error body."""
+
+    def __init__(self, message: str, *, param: str | None = None, status: int = 400):
+        super().__init__(message)
+        self.param, self.status = param, status
+
+
+def error_response(exc: RequestError):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": {"message": str(exc), "type": "invalid_request_error", "param": exc.param,
+                                   "code": None}}, status_code=exc.status)
+
+
+async def read_json_body(request) -> dict:
+    """The request's JSON object, or a RequestError (413 when too large, 400 when not a JSON object)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise RequestError(f"request body is {int(declared):,} bytes; the limit is {MAX_BODY_BYTES:,}", status=413)
+    raw = b""
+    async for chunk in request.stream():  # counted as it arrives: a missing Content-Length cannot get around it
+        raw += chunk
+        if len(raw) > MAX_BODY_BYTES:
+            raise RequestError(f"request body is over the {MAX_BODY_BYTES:,}-byte limit", status=413)
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RequestError(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise RequestError("request body must be a JSON object")
+    return body
+
+
+def _number(body: dict, name: str, default, *, low: float, high: float, integer: bool = False):
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        raise RequestError(f"'{name}' must be {'an integer' if integer else 'a number'}, got {json.dumps(value)}",
+                           param=name)
+    if not low <= value <= high:
+        raise RequestError(f"'{name}' must be between {low:g} and {high:g}, got {value}", param=name)
+    return value
+
+
+def parse_chat_request(body: dict, *, max_tokens_limit: int, default_max_tokens: int) -> dict:
+    """Validate an OpenAI chat-completions body; returns the fields the model needs."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise RequestError("'messages' must be a non-empty list of {role, content} objects", param="messages")
+    if len(messages) > MAX_MESSAGES:
+        raise RequestError(f"at most {MAX_MESSAGES} messages per request", param="messages")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            raise RequestError(f"messages[{i}] needs a 'role' of {', '.join(ROLES)}", param=f"messages[{i}].role")
+        if not isinstance(m.get("content"), str) or not m["content"].strip():
+            raise RequestError(f"messages[{i}].content must be a non-empty string", param=f"messages[{i}].content")
+    if messages[-1]["role"] == "assistant":
+        raise RequestError("the last message must come from the user (or system), not the assistant",
+                           param="messages")
+    n = _number(body, "n", 1, low=1, high=1, integer=True)
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise RequestError("'stream' must be true or false", param="stream")
+    limit_name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    return {
+        "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+        "max_tokens": _number(body, limit_name, default_max_tokens, low=1, high=max_tokens_limit, integer=True),
+        "temperature": float(_number(body, "temperature", 0.0, low=0, high=2)),
+        "top_p": float(_number(body, "top_p", 1.0, low=1e-6, high=1)),
+        "seed": _number(body, "seed", None, low=0, high=2**32 - 1, integer=True),
+        "stream": stream, "n": n,
+    }
+
+
+def parse_image_request(body: dict, *, sizes: list[int], max_images: int) -> dict:
+    """Validate an OpenAI images-generations body; ``size`` is "WxH" with W == H, one of ``sizes``."""
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise RequestError("'prompt' must be a non-empty string", param="prompt")
+    n = _number(body, "n", 1, low=1, high=max_images, integer=True)
+    size = body.get("size")
+    allowed = [f"{s}x{s}" for s in sizes]
+    if size is None:
+        size = allowed[0]
+    if size not in allowed:
+        raise RequestError(f"size {json.dumps(size)} is not supported by this model: use one of {', '.join(allowed)}",
+                           param="size")
+    fmt = body.get("response_format", "b64_json")
+    if fmt != "b64_json":
+        raise RequestError("only response_format 'b64_json' is served (no image URLs are hosted)",
+                           param="response_format")
+    return {"prompt": prompt, "n": n, "size": int(size.split("x")[0]),
+            "seed": _number(body, "seed", 0, low=0, high=2**32 - 1, integer=True)}
+
+
+# --- the deployments ----------------------------------------------------------------------------
+
+def _chat_deployment():
+    from fastapi import FastAPI, Request
+    from fastapi.responses import StreamingResponse
+    from ray import serve
+
+    api = FastAPI(title="labkit chat")
+
+    @serve.deployment(name="ChatServer", max_ongoing_requests=64)
+    @serve.ingress(api)
+    class ChatServer:
+        def __init__(self, settings: dict):
+            from labkit import store
+            from labkit.llm import ChatModel
+
+            self.s = ServeSettings(**settings)
+            spec = profiles.model_for("chat", self.s.profile)
+            device = "cuda" if self.s.chat_num_gpus else "cpu"
+            self.lm = ChatModel.from_pretrained(store.pull(spec.name, progress=False)[0], device=device,
+                                                name=spec.name)
+            self.generate_batch.set_max_batch_size(self.s.max_batch_size)
+            self.generate_batch.set_batch_wait_timeout_s(self.s.batch_wait_timeout_s)
+            self.batches: list[int] = []  # sizes of the model batches run, for the lab's plot
+
+        @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
+        async def generate_batch(self, jobs: list[dict]) -> list:
+            self.batches.append(len(jobs))
+            return await asyncio.to_thread(self._run, jobs)
+
+        def _run(self, jobs: list[dict]) -> list:
+            """One model call per group of jobs with the same settings (all of them, in a load test)."""
+            results: list = [None] * len(jobs)
+            groups: dict[tuple, list[int]] = {}
+            for i, job in enumerate(jobs):
+                groups.setdefault((job["max_tokens"], job["temperature"], job["top_p"], job["seed"]), []).append(i)
+            for (max_tokens, temperature, top_p, seed), idx in groups.items():
+                prompts = [self.lm.format_chat(jobs[i]["messages"]) for i in idx]
+                gens = self.lm.generate(prompts, chat=False, max_new_tokens=max_tokens, temperature=temperature,
+                                        top_p=top_p, seed=seed, batch_size=len(prompts), progress=False)
+                for i, g in zip(idx, gens, strict=True):
+                    results[i] = g
+            return results
+
+        @api.post("/completions")
+        async def completions(self, request: Request):
+            try:
+                body = await read_json_body(request)
+                job = parse_chat_request(body, max_tokens_limit=self.s.max_tokens_limit,
+                                         default_max_tokens=self.s.default_max_tokens)
+                self.lm.format_chat(job["messages"])  # template errors surface here, as a 400
+            except RequestError as exc:
+                return error_response(exc)
+            except ValueError as exc:
+                return error_response(RequestError(str(exc)))
+            rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+            if job["stream"]:
+                return StreamingResponse(self._sse(job, rid, created), media_type="text/event-stream")
+            gen = await self.generate_batch(job)
+            return {"id": rid, "object": "chat.completion", "created": created, "model": self.lm.name,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": gen.text},
+                                 "finish_reason": gen.finish_reason}],
+                    "usage": {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.new_tokens,
+                              "total_tokens": gen.prompt_tokens + gen.new_tokens}}
+
+        async def _sse(self, job: dict, rid: str, created: int):
+            from starlette.concurrency import iterate_in_threadpool
+
+            def chunk(delta: dict, finish: str | None = None) -> str:
+                return "data: " + json.dumps({"id": rid, "object": "chat.completion.chunk", "created": created,
+                                              "model": self.lm.name, "choices": [
+                                                  {"index": 0, "delta": delta, "finish_reason": finish}]},
+                                             ensure_ascii=False) + "\n\n"
+
+            yield chunk({"role": "assistant", "content": ""})
+            pieces = self.lm.stream(job["messages"], max_new_tokens=job["max_tokens"],
+                                    temperature=job["temperature"], top_p=job["top_p"], seed=job["seed"])
+            async for piece in iterate_in_threadpool(pieces):
+                yield chunk({"content": piece})
+            yield chunk({}, "stop")
+            yield "data: [DONE]\n\n"
+
+        @api.get("/stats")
+        def stats(self) -> dict:
+            """Model batch sizes this replica has run (for the lab's batching plot)."""
+            return {"batches": self.batches, "max_batch_size": self.s.max_batch_size}
+
+    return ChatServer
+
+
+def _image_deployment():
+    from fastapi import FastAPI, Request
+    from ray import serve
+
+    api = FastAPI(title="labkit images")
+
+    @serve.deployment(name="ImageServer", max_ongoing_requests=16)
+    @serve.ingress(api)
+    class ImageServer:
+        def __init__(self, settings: dict):
+            from labkit import diffusion, store
+
+            self.s = ServeSettings(**settings)
+            store.pull(profiles.model_for("image", self.s.profile).name, progress=False)
+            self.pipe = diffusion.load_image_pipeline(self.s.profile,
+                                                      device="cuda" if self.s.image_num_gpus else "cpu")
+            self.sizes = diffusion.supported_sizes(self.pipe)
+            self.lock = asyncio.Lock()  # one pipeline call at a time; requests queue here
+
+        @api.post("/generations")
+        async def generations(self, request: Request):
+            from labkit import diffusion
+
+            try:
+                job = parse_image_request(await read_json_body(request), sizes=self.sizes,
+                                          max_images=self.s.max_images)
+            except RequestError as exc:
+                return error_response(exc)
+            async with self.lock:
+                images = await asyncio.to_thread(diffusion.generate, self.pipe, job["prompt"], n=job["n"],
+                                                 size=job["size"], seed=job["seed"], progress=False)
+            data = []
+            for img in images:
+                buf = io.BytesIO()
+                img.save(buf, format="PNG")
+                data.append({"b64_json": base64.b64encode(buf.getvalue()).decode("ascii")})
+            return {"created": int(time.time()), "data": data}
+
+    return ImageServer
+
+
+def chat_app(args: dict):
+    """Serve application builder (``import_path: labkit.serve:chat_app``); ``args`` are ServeSettings fields."""
+    s = ServeSettings(**args)
+    s.check()
+    options: dict = {"ray_actor_options": {"num_cpus": s.chat_num_cpus, "num_gpus": s.chat_num_gpus}}
+    if s.chat_max_replicas and s.chat_max_replicas > s.chat_replicas:
+        options["autoscaling_config"] = {"min_replicas": s.chat_replicas, "max_replicas": s.chat_max_replicas,
+                                         "target_ongoing_requests": s.max_batch_size}
+    else:
+        options["num_replicas"] = s.chat_replicas
+    return _chat_deployment().options(**options).bind(asdict(s))
+
+
+def images_app(args: dict):
+    """Serve application builder (``import_path: labkit.serve:images_app``)."""
+    s = ServeSettings(**args)
+    s.check()
+    return _image_deployment().options(
+        num_replicas=s.image_replicas,
+        ray_actor_options={"num_cpus": s.image_num_cpus, "num_gpus": s.image_num_gpus}).bind(asdict(s))
+
+
+APPS = {"chat": ("/v1/chat", chat_app), "images": ("/v1/images", images_app)}
+
+
+def serve_config(settings: ServeSettings | None = None) -> dict:
+    """The deployment as a Serve config (what ``serve deploy`` and KubeRay's ``serveConfigV2`` take).
+
+    Validated against Ray Serve's own config schema before it is returned.
+    """
+    from ray.serve.schema import ServeDeploySchema
+
+    s = settings or ServeSettings()
+    s.check()
+    apps = []
+    for name, (prefix, _) in APPS.items():
+        if getattr(s, name):
+            apps.append({"name": name, "route_prefix": prefix, "import_path": f"labkit.serve:{name}_app",
+                         "args": asdict(s)})
+    config = {"proxy_location": "HeadOnly", "http_options": {"host": s.host, "port": s.port},
+              "applications": apps}
+    ServeDeploySchema.model_validate(config) if hasattr(ServeDeploySchema, "model_validate") \
+        else ServeDeploySchema.parse_obj(config)
+    return config
+
+
+def serve_config_yaml(settings: ServeSettings | None = None) -> str:
+    import yaml
+
+    return yaml.safe_dump(serve_config(settings), sort_keys=False)
+
+
+def free_port(preferred: int = 8000) -> int:
+    """``preferred`` if nothing listens on it on loopback, else a free port chosen by the OS."""
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind((LOOPBACK, preferred))
+            return preferred
+        except OSError:
+            sock.bind((LOOPBACK, 0))
+            return sock.getsockname()[1]
+
+
+def wait_ready(url: str, *, timeout_s: float = 180) -> None:
+    """Block until the chat route answers (the proxy starts before the replicas have loaded models)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(f"{url}/v1/chat/stats", timeout=5)
+            if r.status_code == 200:
+                return
+            last = f"HTTP {r.status_code}"
+        except httpx.HTTPError as exc:
+            last = str(exc)
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} did not become ready in {timeout_s:.0f}s ({last}); see `labkit serve status`")
+
+
+def deploy(settings: ServeSettings | None = None, *, address: str | None = None) -> str:
+    """Start Serve on loopback (or the given host) and deploy the apps; returns the base URL."""
+    from ray import serve
+
+    s = settings or ServeSettings()
+    s.check()
+    init_ray(address=address)
+    serve.start(http_options={"host": s.host, "port": s.port})
+    for name, (prefix, builder) in APPS.items():
+        if getattr(s, name):
+            serve.run(builder(asdict(s)), name=name, route_prefix=prefix, blocking=False)
+    return f"http://{s.host}:{s.port}"
+
+
+def status() -> dict:
+    """Application and deployment states, as plain data."""
+    from ray import serve
+
+    st = serve.status()
+    return {name: {"status": str(app.status.value if hasattr(app.status, "value") else app.status),
+                   "deployments": {d: str(dep.status.value if hasattr(dep.status, "value") else dep.status)
+                                   for d, dep in app.deployments.items()}}
+            for name, app in st.applications.items()}
+
+
+def shutdown() -> None:
+    """Delete the apps and stop Serve (Ray keeps running)."""
+    from ray import serve
+
+    serve.shutdown()
