@@ -97,7 +97,7 @@ def start_head(*, num_cpus: int | None = None, num_gpus: int | None = None) -> s
     import sys
 
     ray_cli = str(Path(sys.executable).parent / "ray")
-    cmd = [ray_cli, "start", "--head", f"--node-ip-address={LOOPBACK}", f"--dashboard-host={LOOPBACK}",
+    cmd = [ray_cli, "start", "--head", f"--dashboard-host={LOOPBACK}",
            "--disable-usage-stats"]
     if num_cpus is not None:
         cmd.append(f"--num-cpus={num_cpus}")

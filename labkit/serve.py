@@ -16,8 +16,8 @@ Example:
     >>> # curl http://127.0.0.1:8000/v1/chat/completions -d '{"messages": [{"role": "user", "content": "Hi"}]}'
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI must see the real `Request` class in the
+# route signatures (defined inside functions, so string annotations could not be resolved).
 import asyncio
 import base64
 import io

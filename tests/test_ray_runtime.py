@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,15 +24,17 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def token_head(tmp_path):
-    """A separate head node on loopback, in its own process group so only it is stopped afterwards."""
+def token_head():
+    """A separate head node, in its own process group so only it is stopped afterwards."""
+    # A short temp dir: Ray's unix socket paths live under it and must stay under ~107 characters.
+    temp_dir = tempfile.mkdtemp(prefix="lkray")
     port = _free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
     head = subprocess.Popen(
-        [RAY, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={tmp_path / 'ray'}"],
+        [RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=1",
+         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    address = f"127.0.0.1:{port}"
+    address = f"127.0.0.1:{port}"  # Ray resolves loopback to this node's address, where the GCS listens
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -44,13 +48,14 @@ def token_head(tmp_path):
         head.wait(timeout=60)
     except subprocess.TimeoutExpired:
         os.killpg(head.pid, signal.SIGKILL)
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _client(code: str, auth_mode: str | None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
     if auth_mode:
         env["RAY_AUTH_MODE"] = auth_mode
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_a_client_joins_a_token_protected_cluster_through_labkit(token_head):
