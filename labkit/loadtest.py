@@ -67,7 +67,19 @@ def load_test(url: str, *, requests: int = 64, concurrency: int = 16, max_tokens
         prompts = prompts or [r["prompt"] for r in read_prompts("prompts_500")]
         bodies = [chat_body(prompts[i % len(prompts)], max_tokens=max_tokens) for i in range(requests)]
     bodies = bodies[:requests]
-    return asyncio.run(_run(base + CHAT_PATH, bodies, concurrency, timeout_s, progress))
+    return _run_to_completion(_run(base + CHAT_PATH, bodies, concurrency, timeout_s, progress))
+
+
+def _run_to_completion(coro):
+    """asyncio.run, also from inside Jupyter (whose event loop is already running: use a thread)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 async def _run(url: str, bodies: list, concurrency: int, timeout_s: float, progress: bool) -> dict:
