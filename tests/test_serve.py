@@ -135,3 +135,25 @@ def test_serve_config_is_valid_and_bad_settings_are_refused():
         serve_config(ServeSettings(chat_replicas=0))
     with pytest.raises(ValueError, match="chat_num_gpus must be >= 0"):
         serve_config(ServeSettings(chat_num_gpus=-1))
+
+
+def test_cli_bench_and_config(server, tmp_path):
+    from conftest import run_cli
+
+    proc = run_cli("serve", "bench", "--url", server, "--requests", "4", "--concurrency", "2", "--max-tokens", "4",
+                   "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert report["ok"] == 4 and report["errors"] == 0
+    refused = run_cli("serve", "bench", "--url", "http://10.1.2.3:8000", "--requests", "1")
+    assert refused.returncode == 2 and "only targets this machine" in refused.stderr
+
+    proc = run_cli("serve", "config", "--chat-num-gpus", "0.5", "--image-num-gpus", "0.5", "--output",
+                   str(tmp_path / "serve.yaml"))
+    assert proc.returncode == 0, proc.stderr
+    import yaml
+
+    config = yaml.safe_load((tmp_path / "serve.yaml").read_text())
+    assert [a["args"]["chat_num_gpus"] for a in config["applications"]] == [0.5, 0.5]
+    bad = run_cli("serve", "config", "--max-batch-size", "0")
+    assert bad.returncode == 2 and "max_batch_size must be a positive integer" in bad.stderr
