@@ -235,7 +235,6 @@ class ResultWriter:
             stale.unlink()
         self.done: set[str] = set(read_results(folder).column("id").to_pylist()) if any(folder.glob("part-*")) \
             else set()
-        self.written = 0
         self.duplicates_dropped = 0
 
     def write(self, rows: dict) -> dict:
@@ -251,7 +250,6 @@ class ResultWriter:
         pq.write_table(table, tmp)
         os.replace(tmp, self.folder / name)
         self.done.update(cols["id"])
-        self.written += len(keep)
         return cols
 
 
@@ -388,9 +386,9 @@ def _claim_output(out: Path, job: dict, *, overwrite: bool) -> None:
     if overwrite and out.exists():
         if not marker.is_file() and any(out.iterdir()):
             raise ValueError(f"{out} is not a labkit batch output folder; refusing to delete it. Pick another path.")
-        from labkit.store import _empty
+        from labkit.store import empty_folder
 
-        _empty(out)
+        empty_folder(out)
     elif marker.is_file():
         before = json.loads(marker.read_text())
         changed = {k: (before.get(k), v) for k, v in job.items() if before.get(k) != v}

