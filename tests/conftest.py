@@ -37,6 +37,15 @@ def isolated_home(tmp_path, monkeypatch) -> Path:
     return home
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on right now (the OS picks it)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run ``python -m labkit ...`` as a user would, capturing its output."""
     return subprocess.run([sys.executable, "-m", "labkit", *args], capture_output=True, text=True,

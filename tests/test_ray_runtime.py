@@ -13,14 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 RAY = str(Path(sys.executable).parent / "ray")
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -28,7 +24,7 @@ def token_head():
     """A separate head node, in its own process group so only it is stopped afterwards."""
     # A short temp dir: Ray's unix socket paths live under it and must stay under ~107 characters.
     temp_dir = tempfile.mkdtemp(prefix="lkray")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
     head = subprocess.Popen(
         [RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=1",

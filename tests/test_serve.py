@@ -5,19 +5,13 @@ from __future__ import annotations
 import base64
 import io
 import json
-import socket
 
 import httpx
 import pytest
+from conftest import free_port
 
 from labkit.loadtest import load_test, mixed_bodies, percentile
 from labkit.serve import ServeSettings, serve_config
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +20,7 @@ def server(ray_cluster):
 
     from labkit.serve import deploy
 
-    url = deploy(ServeSettings(port=_free_port(), max_batch_size=8, batch_wait_timeout_s=0.1, max_tokens_limit=64,
+    url = deploy(ServeSettings(port=free_port(), max_batch_size=8, batch_wait_timeout_s=0.1, max_tokens_limit=64,
                                default_max_tokens=16))
     yield url
     serve.shutdown()
