@@ -122,6 +122,10 @@ def _parser() -> argparse.ArgumentParser:
     sb.set_defaults(func=_serve_bench)
     sv.set_defaults(func=lambda a: (sv.print_help(), 2)[1])
 
+    from labkit.cli_k8s import add_commands
+
+    add_commands(sub)
+
     r = sub.add_parser("run-notebooks", help="execute the labs headless and write a report")
     r.add_argument("notebooks", nargs="*", type=Path, help="default: every notebook in notebooks/")
     r.add_argument("--profile", choices=["cpu", "gpu"])

@@ -122,3 +122,30 @@ def preset(name: str, *, image: str | None = None) -> list[dict]:
     if name not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[name](image=image)
+
+
+def manifests_from_spec(data: dict) -> list[dict]:
+    """The manifests for a spec file's content: ``kind`` (RayCluster, RayJob or RayService) + its fields.
+
+    Example spec (YAML)::
+
+        kind: RayCluster
+        name: my-lab
+        workers: [{name: cpu, cpus: 4, memory: 8Gi, replicas: 1, max_replicas: 3}]
+    """
+    from labkit.k8s.spec import SpecError
+
+    if not isinstance(data, dict) or "kind" not in data:
+        raise SpecError("a spec file needs 'kind: RayCluster', 'kind: RayJob' or 'kind: RayService' at the top")
+    data = dict(data)
+    kind = data.pop("kind")
+    if kind == "RayCluster":
+        spec = ClusterSpec.from_dict(data)
+        return [network_policy(spec.name, namespace=spec.namespace), ray_cluster(spec)]
+    if kind == "RayJob":
+        spec = JobSpec.from_dict(data)
+        return [network_policy(spec.name, namespace=spec.cluster.namespace), ray_job(spec)]
+    if kind == "RayService":
+        spec = ServiceSpec.from_dict(data)
+        return [network_policy(spec.name, namespace=spec.cluster.namespace), ray_service(spec)]
+    raise SpecError(f"kind {kind!r}: a spec file describes a RayCluster, RayJob or RayService")

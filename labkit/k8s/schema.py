@@ -113,6 +113,9 @@ def load_crds(source: str | os.PathLike | None = None, *, api_client=None) -> di
 def _crds_from_cluster(api_client) -> dict[tuple[str, str], dict]:
     from kubernetes.client import ApiextensionsV1Api
     from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    from labkit.k8s.cluster import ClusterError, explain_api_error
 
     api = ApiextensionsV1Api(api_client)
     schemas: dict = {}
@@ -123,9 +126,10 @@ def _crds_from_cluster(api_client) -> dict[tuple[str, str], dict]:
         except ApiException as exc:
             if exc.status == 404:
                 continue
-            from labkit.k8s.cluster import explain_api_error
-
             raise explain_api_error(exc, f"reading CRD {crd_name}") from exc
+        except HTTPError as exc:
+            raise ClusterError(f"cannot reach the Kubernetes API server at {api_client.configuration.host} to read "
+                               f"the KubeRay CRDs ({type(exc).__name__}); pass --crds PATH to validate offline") from exc
         schemas.update(_schemas_from_crd(json.loads(raw.data)))
     if not schemas:
         raise SchemaSourceError("the cluster has no KubeRay CRDs (rayclusters.ray.io ...): install the operator "
