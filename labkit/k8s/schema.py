@@ -128,8 +128,9 @@ def _crds_from_cluster(api_client) -> dict[tuple[str, str], dict]:
                 continue
             raise explain_api_error(exc, f"reading CRD {crd_name}") from exc
         except HTTPError as exc:
-            raise ClusterError(f"cannot reach the Kubernetes API server at {api_client.configuration.host} to read "
-                               f"the KubeRay CRDs ({type(exc).__name__}); pass --crds PATH to validate offline") from exc
+            host = api_client.configuration.host
+            raise ClusterError(f"cannot reach the Kubernetes API server at {host} to read the KubeRay CRDs "
+                               f"({type(exc).__name__}); pass --crds PATH to validate offline") from exc
         schemas.update(_schemas_from_crd(json.loads(raw.data)))
     if not schemas:
         raise SchemaSourceError("the cluster has no KubeRay CRDs (rayclusters.ray.io ...): install the operator "
