@@ -15,7 +15,11 @@ SMOKE ?=
 
 profile_flag = $(if $(PROFILE),--profile $(PROFILE))
 
-.PHONY: setup models lab test run bench lint clean
+# checkov (manifest and Terraform checks) conflicts with the kit's dependencies: own virtualenv.
+CHECKOV_VENV ?= .venv-checkov
+CHECKOV_SPEC ?= checkov==3.3.30
+
+.PHONY: setup models lab test run bench lint checkov clean
 
 setup: $(VENV)/.labkit-installed
 
@@ -34,9 +38,17 @@ lab: models
 	-$(BIN)/labkit doctor $(profile_flag)
 	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=notebooks
 
-test: models
+checkov: $(CHECKOV_VENV)/.installed
+
+$(CHECKOV_VENV)/.installed:
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet "$(CHECKOV_SPEC)"
+	touch $@
+
+test: models checkov
 	$(BIN)/ruff check .
-	$(BIN)/pytest
+	LABKIT_CHECKOV=$(CHECKOV_VENV)/bin/checkov $(BIN)/pytest
 
 run: models
 	$(BIN)/labkit run-notebooks $(profile_flag) $(if $(SMOKE),--smoke) --output-dir runs/notebooks
@@ -50,4 +62,4 @@ lint: setup
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(CHECKOV_VENV) runs .pytest_cache .ruff_cache *.egg-info

@@ -52,17 +52,19 @@ def dashboard_address(address: str | None = None) -> str:
 def client(address: str | None = None):
     """A ``JobSubmissionClient`` for the cluster at ``address``, with a clear error if none answers."""
     configure_auth()
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     url = dashboard_address(address)
     try:
         return JobSubmissionClient(url)
-    except (ConnectionError, RuntimeError) as exc:
-        text = str(exc)
-        if "token" in text.lower() or "401" in text or "403" in text:
+    except (ConnectionError, RuntimeError, AuthenticationError) as exc:
+        if isinstance(exc, AuthenticationError) or "401" in str(exc) or "403" in str(exc):
+            source = "$RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else str(auth_token_file())
             raise JobsError(
-                f"the Ray cluster at {url} refused our token. For a local head the token is {auth_token_file()}; "
-                "for a KubeRay cluster read it from the cluster's auth Secret and export RAY_AUTH_TOKEN") from exc
+                f"the Ray cluster at {url} refused our token (from {source}). A local head's token is in "
+                f"{auth_token_file()}; for a KubeRay cluster copy it from the cluster's auth Secret "
+                "(kubectl get secrets -n <namespace> | grep <cluster>) into RAY_AUTH_TOKEN") from exc
         raise JobsError(
             f"no Ray jobs API answers at {url}. Start a local head (`labkit serve up` or `ray start --head "
             "--dashboard-host=127.0.0.1`), or forward a KubeRay head's port: kubectl port-forward "

@@ -3,48 +3,17 @@
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
-from pathlib import Path
 
 import pytest
-from conftest import free_port
-
-RAY = str(Path(sys.executable).parent / "ray")
-
+from conftest import ray_head
 
 
 @pytest.fixture
 def token_head():
-    """A separate head node, in its own process group so only it is stopped afterwards."""
-    # A short temp dir: Ray's unix socket paths live under it and must stay under ~107 characters.
-    temp_dir = tempfile.mkdtemp(prefix="lkray")
-    port = free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
-    head = subprocess.Popen(
-        [RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=1",
-         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    address = f"127.0.0.1:{port}"  # Ray resolves loopback to this node's address, where the GCS listens
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.5)
-    yield address
-    os.killpg(head.pid, signal.SIGTERM)
-    try:
-        head.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(head.pid, signal.SIGKILL)
-    shutil.rmtree(temp_dir, ignore_errors=True)
+    with ray_head(num_cpus=1) as (address, _):
+        yield address
 
 
 def _client(code: str, auth_mode: str | None) -> subprocess.CompletedProcess:
