@@ -109,6 +109,84 @@ def start_head(*, num_cpus: int | None = None, num_gpus: int | None = None) -> s
     return "auto"
 
 
+class LocalHead:
+    """A real Ray head (``ray start --head --block``) with the jobs API on loopback, owned by us.
+
+    It runs in its own process group and ``stop()`` ends only that group, unlike ``ray stop``,
+    which ends every Ray process of the user (a notebook's cluster included). Token auth is on.
+
+    Example:
+        >>> with LocalHead(num_cpus=2) as head:                  # doctest: +SKIP
+        ...     print(head.dashboard_url)
+        http://127.0.0.1:40123
+    """
+
+    def __init__(self, *, num_cpus: int = 1, dashboard: bool = True, timeout_s: float = 120):
+        import shutil
+        import socket
+        import subprocess
+        import sys
+        import tempfile
+        import time
+
+        def free_port() -> int:
+            with socket.socket() as sock:
+                sock.bind((LOOPBACK, 0))
+                return sock.getsockname()[1]
+
+        # A short temp dir: Ray's unix socket paths live under it and must stay under ~107 characters.
+        self._temp_dir = tempfile.mkdtemp(prefix="lkray")
+        port, dashboard_port = free_port(), free_port()
+        cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}",
+               f"--num-cpus={num_cpus}", "--disable-usage-stats", f"--temp-dir={self._temp_dir}"]
+        cmd += ([f"--dashboard-port={dashboard_port}", f"--dashboard-host={LOOPBACK}", "--include-dashboard=true"]
+                if dashboard else ["--include-dashboard=false"])
+        self._proc = subprocess.Popen(cmd, env={**os.environ, "RAY_AUTH_MODE": configure_auth()},
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        # Ray resolves loopback to this node's address, where the GCS listens.
+        self.address = f"{LOOPBACK}:{port}"
+        self.dashboard_url = f"http://{LOOPBACK}:{dashboard_port}" if dashboard else None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                socket.create_connection((LOOPBACK, dashboard_port if dashboard else port), timeout=1).close()
+                return
+            except OSError:
+                if self._proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    shutil.rmtree(self._temp_dir, ignore_errors=True)
+                    raise RuntimeError(f"`ray start --head` did not come up in {timeout_s:.0f}s; "
+                                       "`labkit doctor` checks Ray on this machine") from None
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        """End this head and everything it started; other Ray clusters keep running."""
+        import shutil
+        import signal
+        import subprocess
+
+        if self._proc.poll() is None:
+            os.killpg(self._proc.pid, signal.SIGTERM)
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        # Whatever is left of the group (raylet, GCS, workers) goes now: a clean shutdown of an
+        # idle head can take half a minute, and nothing in it needs saving.
+        try:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._proc.wait()
+        shutil.rmtree(self._temp_dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalHead:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
 def head_running() -> bool:
     """Whether a ``ray start`` cluster is running on this machine (a notebook's own cluster does not count)."""
     from ray._private.services import find_bootstrap_address

@@ -81,40 +81,11 @@ def kuberay_crds():
 
 @contextlib.contextmanager
 def ray_head(*, num_cpus: int = 1, dashboard: bool = False):
-    """A `ray start --head --block` node with token auth, in its own process group so only it is stopped.
+    """A `ray start --head` node with token auth that stops without touching other clusters.
 
     Yields (GCS address, dashboard URL or None).
     """
-    import shutil
-    import signal
-    import socket
-    import tempfile
-    import time
+    from labkit.ray_runtime import LocalHead
 
-    # A short temp dir: Ray's unix socket paths live under it and must stay under ~107 characters.
-    temp_dir = tempfile.mkdtemp(prefix="lkray")
-    port, dashboard_port = free_port(), free_port()
-    args = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}",
-            f"--num-cpus={num_cpus}", "--disable-usage-stats", f"--temp-dir={temp_dir}"]
-    args += ([f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true"]
-             if dashboard else ["--include-dashboard=false"])
-    head = subprocess.Popen(args, env={**os.environ, "RAY_AUTH_MODE": "token"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    wait_for = dashboard_port if dashboard else port
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", wait_for), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.5)
-    try:
-        # Ray resolves loopback to this node's address, where the GCS listens.
-        yield f"127.0.0.1:{port}", (f"http://127.0.0.1:{dashboard_port}" if dashboard else None)
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    with LocalHead(num_cpus=num_cpus, dashboard=dashboard) as head:
+        yield head.address, head.dashboard_url

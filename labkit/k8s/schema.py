@@ -10,7 +10,7 @@ from the connected cluster). The API server rejects unknown fields when asked to
 Example:
     >>> from labkit.k8s import preset
     >>> from labkit.k8s.schema import load_crds, validate_manifests
-    >>> crds = load_crds("../shared/kuberay-crds/v1.7.0")          # doctest: +SKIP
+    >>> crds = load_crds()          # $LABKIT_KUBERAY_CRDS, or shared/ beside the checkout  # doctest: +SKIP
     >>> validate_manifests(preset("cpu"), crds)                      # doctest: +SKIP
     []
 """
@@ -81,8 +81,16 @@ def _schemas_from_crd(crd: dict) -> dict[tuple[str, str], dict]:
 
 
 def default_crd_dir() -> Path:
-    """``$LABKIT_KUBERAY_CRDS``, else ``../shared/kuberay-crds/v1.7.0`` (this repository's CI layout)."""
-    return Path(os.environ.get(CRD_DIR_ENV) or Path("..") / "shared" / "kuberay-crds" / "v1.7.0")
+    """``$LABKIT_KUBERAY_CRDS``; else ``kuberay-crds/v1.7.0`` under ``$LABKIT_SHARED`` or the ``shared/``
+    folder beside the labkit checkout (the layout of this repository's CI).
+
+    Elsewhere, get the CRDs from KubeRay's chart (``helm pull kuberay/kuberay-operator --version
+    1.7.0 --untar``, folder ``kuberay-operator/crds``) and point ``$LABKIT_KUBERAY_CRDS`` at them.
+    """
+    if os.environ.get(CRD_DIR_ENV):
+        return Path(os.environ[CRD_DIR_ENV])
+    shared = os.environ.get("LABKIT_SHARED") or Path(__file__).resolve().parents[3] / "shared"
+    return Path(shared) / "kuberay-crds" / "v1.7.0"
 
 
 def load_crds(source: str | os.PathLike | None = None, *, api_client=None) -> dict[tuple[str, str], dict]:
