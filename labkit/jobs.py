@@ -73,13 +73,26 @@ def client(address: str | None = None):
 
 def submit(entrypoint: str, *, address: str | None = None, runtime_env: dict | None = None,
            submission_id: str | None = None, entrypoint_num_cpus: float | None = None,
-           entrypoint_num_gpus: float | None = None) -> str:
-    """Submit ``entrypoint`` (a shell command run on the head); returns the submission id."""
+           entrypoint_num_gpus: float | None = None, agent_wait_s: float = 120) -> str:
+    """Submit ``entrypoint`` (a shell command run on the head); returns the submission id.
+
+    Waits up to ``agent_wait_s`` for a freshly started head's job agent.
+    """
     if not isinstance(entrypoint, str) or not entrypoint.strip():
         raise ValueError("entrypoint is empty: give the command to run, e.g. 'python -m labkit batch ...'")
-    return client(address).submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=submission_id,
-                                      entrypoint_num_cpus=entrypoint_num_cpus,
-                                      entrypoint_num_gpus=entrypoint_num_gpus)
+    jobs_client = client(address)
+    # A head that has just started answers HTTP before its job agent has registered ("No available
+    # agent"); KubeRay heads do the same right after the pod turns ready. Waiting is the fix.
+    deadline = time.monotonic() + agent_wait_s
+    while True:
+        try:
+            return jobs_client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env,
+                                          submission_id=submission_id, entrypoint_num_cpus=entrypoint_num_cpus,
+                                          entrypoint_num_gpus=entrypoint_num_gpus)
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(1)
 
 
 def _state(info) -> JobState:

@@ -29,7 +29,7 @@ def test_the_batch_job_runs_as_a_submitted_job(head, tmp_path):
     # sys.executable: the head's PATH may not lead to this virtualenv's python.
     command = batch_entrypoint("prompts_500", str(out), actors=1, num_cpus=1, limit=4, max_new_tokens=8,
                                python=sys.executable)
-    done = run_cli("jobs", "submit", "--wait", "--timeout", "400", "--address", head, "--env", "LABKIT_DTYPE=float32",
+    done = run_cli("jobs", "submit", "--wait", "--timeout", "400", "--address", head, "--env", "PYTHONUNBUFFERED=1",
                    "--", *shlex.split(command), timeout=500)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "4 rows: 4 ok, 0 errors" in done.stdout and "SUCCEEDED" in done.stdout

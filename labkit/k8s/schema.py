@@ -110,7 +110,8 @@ def load_crds(source: str | os.PathLike | None = None, *, api_client=None) -> di
             "the KubeRay operator is installed")
     schemas: dict = {}
     for file in files:
-        for doc in yaml.safe_load_all(file.read_text()):
+        # The C loader when PyYAML has it: the four CRDs are ~2 MB of YAML.
+        for doc in yaml.load_all(file.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
             if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
                 schemas.update(_schemas_from_crd(doc))
     if not schemas:
