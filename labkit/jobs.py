@@ -90,8 +90,12 @@ def submit(entrypoint: str, *, address: str | None = None, runtime_env: dict | N
                                           submission_id=submission_id, entrypoint_num_cpus=entrypoint_num_cpus,
                                           entrypoint_num_gpus=entrypoint_num_gpus)
         except RuntimeError as exc:
-            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+            if "No available agent" not in str(exc):
                 raise
+            if time.monotonic() > deadline:
+                raise JobsError(f"the head at {dashboard_address(address)} has no job agent after {agent_wait_s:.0f}s. "
+                                "Its agent may have failed to start: another Ray on the same machine holding port "
+                                "52365 is the usual cause (start the head with --dashboard-agent-listen-port)") from exc
             time.sleep(1)
 
 

@@ -137,12 +137,20 @@ class LocalHead:
         # A short temp dir: Ray's unix socket paths live under it and must stay under ~107 characters.
         self._temp_dir = tempfile.mkdtemp(prefix="lkray")
         port, dashboard_port = free_port(), free_port()
+        # Ports with fixed defaults get free ones: another Ray on this machine (a notebook's
+        # ray.init(), the test suite's cluster) already holds 52365 (the job agent) and 10001.
         cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}",
-               f"--num-cpus={num_cpus}", "--disable-usage-stats", f"--temp-dir={self._temp_dir}"]
+               f"--num-cpus={num_cpus}", "--disable-usage-stats", f"--temp-dir={self._temp_dir}",
+               f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}"]
         cmd += ([f"--dashboard-port={dashboard_port}", f"--dashboard-host={LOOPBACK}", "--include-dashboard=true"]
                 if dashboard else ["--include-dashboard=false"])
         self._proc = subprocess.Popen(cmd, env={**os.environ, "RAY_AUTH_MODE": configure_auth()},
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        # Its own session means it would outlive us: a notebook cell that fails before
+        # `head.stop()` must not leave a head running, so stop it when this process exits.
+        import atexit
+
+        atexit.register(self.stop)
         # Ray resolves loopback to this node's address, where the GCS listens.
         self.address = f"{LOOPBACK}:{port}"
         self.dashboard_url = f"http://{LOOPBACK}:{dashboard_port}" if dashboard else None
@@ -165,6 +173,8 @@ class LocalHead:
         import signal
         import subprocess
 
+        if self._proc.returncode is not None and not os.path.exists(self._temp_dir):
+            return  # already stopped
         if self._proc.poll() is None:
             os.killpg(self._proc.pid, signal.SIGTERM)
             try:
