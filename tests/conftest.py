@@ -89,3 +89,16 @@ def ray_head(*, num_cpus: int = 1, dashboard: bool = False):
 
     with LocalHead(num_cpus=num_cpus, dashboard=dashboard) as head:
         yield head.address, head.dashboard_url
+
+
+@pytest.fixture(scope="session")
+def z2jh_chart():
+    """(values schema, default values) of the zero-to-jupyterhub chart 4.4.0, from shared/."""
+    import yaml
+
+    folder = shared_dir() / "z2jh-schema" / "4.4.0"
+    if not folder.is_dir():
+        pytest.skip(f"JupyterHub chart schema not found at {folder}: "
+                    "set LABKIT_SHARED to a folder with z2jh-schema/4.4.0/")
+    return (yaml.safe_load((folder / "values.schema.yaml").read_text()),
+            yaml.safe_load((folder / "values.yaml").read_text()))

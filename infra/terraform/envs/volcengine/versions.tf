@@ -1,0 +1,22 @@
+# Exact provider versions for this environment (the modules accept ranges).
+terraform {
+  required_version = ">= 1.8"
+  required_providers {
+    volcengine = {
+      source  = "volcengine/volcengine"
+      version = "0.0.161"
+    }
+    kubernetes = {
+      source  = "hashicorp/kubernetes"
+      version = "2.35.1"
+    }
+    helm = {
+      source  = "hashicorp/helm"
+      version = "2.17.0"
+    }
+    http = {
+      source  = "hashicorp/http"
+      version = "3.4.5"
+    }
+  }
+}
