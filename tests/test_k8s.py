@@ -190,6 +190,7 @@ def test_image_versions_are_checked_against_this_machine():
     assert default_image().startswith("labkit/workshop:") and default_image(gpu=True).endswith("-gpu")
     assert image_version_problem(default_image()) is None
     assert image_version_problem(f"rayproject/ray:{ray.__version__}-py311") is None
+    assert image_version_problem(f"cr.example.com:5000/w:0.1.0-ray{ray.__version__}-py311@sha256:{'a' * 64}") is None
     problem = image_version_problem("rayproject/ray:2.9.3-py310-gpu")
     assert "Ray 2.9.3 in the image" in problem and "Python 3.10" in problem and "use " in problem
     assert "cannot tell" in image_version_problem("myimage:latest")

@@ -70,7 +70,8 @@ def image_version_problem(image: str) -> str | None:
     image's (``...-ray2.60.0-py311``).
     """
     ray_version, py = local_versions()
-    tag = image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else ""
+    name = image.split("@", 1)[0]  # name:tag@sha256:... pins a digest; the tag still says the versions
+    tag = name.rsplit(":", 1)[1] if ":" in name.rsplit("/", 1)[-1] else ""
     found_ray = re.search(r"ray(\d+\.\d+\.\d+)", tag) or re.match(r"(\d+\.\d+\.\d+)", tag)
     found_py = re.search(r"py(\d{2,3})", tag)
     if not found_ray or not found_py:
