@@ -317,3 +317,64 @@ def test_readmes_list_the_current_inputs_and_outputs():
         for path in (TF / folder).glob("*.tf"):
             for block in hcl(path).get("variable", []):
                 assert all(f"| {unquote(name)} |" in readme for name in block)
+
+
+META_ARGUMENTS = {"count", "for_each", "depends_on", "lifecycle", "provider", "__is_block__", "__comments__"}
+
+
+def _documented_arguments(docs: Path) -> dict[str, set[str]]:
+    """Argument names per resource type from the provider's pages: the Argument Reference (with
+    its nested objects), plus the arguments that example configurations use for resources that
+    have no page of their own (volcengine_eip_associate, volcengine_nas_permission_group)."""
+    known: dict[str, set[str]] = {}
+    for page in docs.glob("*.md"):
+        text = page.read_text()
+        reference = text.split("## Argument Reference", 1)[1].split("## Attributes Reference", 1)[0]
+        known.setdefault(f"volcengine_{page.stem}", set()).update(re.findall(r"^\* `(\w+)`", reference, re.M))
+        for example in re.findall(r"```hcl\n(.*?)```", text, re.S):
+            for block in hcl2.loads(example).get("resource", []):
+                for rtype, named in block.items():
+                    rtype = unquote(rtype)
+                    if not (docs / f"{rtype.removeprefix('volcengine_')}.md").exists():
+                        for body in named.values():
+                            known.setdefault(rtype, set()).update(_argument_names(body))
+    return known
+
+
+def _argument_names(body) -> set[str]:
+    """Every attribute and nested block name used in a resource body (dynamic blocks by label)."""
+    names = set()
+    for key, value in body.items():
+        if key in META_ARGUMENTS:
+            continue
+        if key == "dynamic":
+            for dynamic in value:
+                for label, spec in dynamic.items():
+                    names.add(unquote(label))
+                    for content in spec.get("content", []):
+                        names |= _argument_names(content)
+            continue
+        names.add(key)
+        for nested in value if isinstance(value, list) else []:
+            if isinstance(nested, dict):
+                names |= _argument_names(nested)
+    return names
+
+
+def test_volcengine_arguments_match_the_provider_documentation():
+    from conftest import shared_dir
+
+    docs = shared_dir() / "reference" / "volcengine-provider-docs"
+    if not docs.is_dir():
+        pytest.skip(f"provider docs not found at {docs}: set LABKIT_SHARED")
+    known = _documented_arguments(docs)
+    used = 0
+    for block in hcl(TF / "modules" / "volcengine-cluster" / "main.tf")["resource"]:
+        for rtype, named in block.items():
+            rtype = unquote(rtype)
+            assert rtype in known, f"{rtype}: no documentation to check it against"
+            for name, body in named.items():
+                unknown = _argument_names(body) - known[rtype]
+                assert not unknown, f"{rtype}.{unquote(name)} uses undocumented arguments {sorted(unknown)}"
+                used += 1
+    assert used >= 15
