@@ -141,74 +141,39 @@ resource "volcengine_vke_cluster" "this" {
   depends_on = [volcengine_snat_entry.nodes]
 }
 
-resource "volcengine_vke_node_pool" "system" {
-  cluster_id = volcengine_vke_cluster.this.id
-  name       = "${var.name}-system"
-
-  auto_scaling {
-    enabled          = true
-    min_replicas     = var.system_nodes.min
-    max_replicas     = var.system_nodes.max
-    desired_replicas = var.system_nodes.desired
-    subnet_policy    = "ZoneBalance"
-  }
-
-  node_config {
-    instance_type_ids = [var.system_instance_type]
-    subnet_ids        = [for s in volcengine_subnet.nodes : s.id]
-    system_volume {
-      type = "ESSD_PL0"
-      size = 100
+locals {
+  # The two pools differ only in these settings; both autoscale and share the node layout below.
+  node_pools = {
+    system = {
+      instance_types = [var.system_instance_type]
+      size           = var.system_nodes
+      labels         = { "labkit/pool" = "system" }
+      taints         = []
     }
-    data_volumes {
-      type        = "ESSD_PL0"
-      size        = var.node_disk_gb
-      mount_point = "/var/lib/containerd"
-    }
-    security {
-      login {
-        ssh_key_pair_name = var.ssh_key_pair_name
-      }
-      security_group_ids  = [volcengine_security_group.nodes.id]
-      security_strategies = ["Hids"]
-    }
-    additional_container_storage_enabled = false
-    instance_charge_type                 = "PostPaid"
-    name_prefix                          = "${var.name}-cpu"
-    project_name                         = var.project_name
-  }
-
-  kubernetes_config {
-    labels {
-      key   = "labkit/pool"
-      value = "system"
-    }
-    cordon = false
-  }
-
-  dynamic "tags" {
-    for_each = local.tags
-    content {
-      key   = tags.key
-      value = tags.value
+    gpu = {
+      instance_types = var.gpu_instance_types
+      size           = var.gpu_nodes
+      labels         = var.gpu_node_labels
+      taints         = [var.gpu_taint]
     }
   }
 }
 
-resource "volcengine_vke_node_pool" "gpu" {
+resource "volcengine_vke_node_pool" "this" {
+  for_each   = local.node_pools
   cluster_id = volcengine_vke_cluster.this.id
-  name       = "${var.name}-gpu"
+  name       = "${var.name}-${each.key}"
 
   auto_scaling {
     enabled          = true
-    min_replicas     = var.gpu_nodes.min
-    max_replicas     = var.gpu_nodes.max
-    desired_replicas = var.gpu_nodes.desired
+    min_replicas     = each.value.size.min
+    max_replicas     = each.value.size.max
+    desired_replicas = each.value.size.desired
     subnet_policy    = "ZoneBalance"
   }
 
   node_config {
-    instance_type_ids = var.gpu_instance_types
+    instance_type_ids = each.value.instance_types
     subnet_ids        = [for s in volcengine_subnet.nodes : s.id]
     system_volume {
       type = "ESSD_PL0"
@@ -228,22 +193,25 @@ resource "volcengine_vke_node_pool" "gpu" {
     }
     additional_container_storage_enabled = false
     instance_charge_type                 = "PostPaid"
-    name_prefix                          = "${var.name}-gpu"
+    name_prefix                          = "${var.name}-${each.key}"
     project_name                         = var.project_name
   }
 
   kubernetes_config {
     dynamic "labels" {
-      for_each = var.gpu_node_labels
+      for_each = each.value.labels
       content {
         key   = labels.key
         value = labels.value
       }
     }
-    taints {
-      key    = var.gpu_taint.key
-      value  = var.gpu_taint.value
-      effect = var.gpu_taint.effect
+    dynamic "taints" {
+      for_each = each.value.taints
+      content {
+        key    = taints.value.key
+        value  = taints.value.value
+        effect = taints.value.effect
+      }
     }
     cordon = false
   }
@@ -273,7 +241,7 @@ resource "volcengine_vke_addon" "this" {
   version          = lookup(var.addon_versions, each.key, null)
   deploy_node_type = "Node"
   deploy_mode      = "Unmanaged"
-  depends_on       = [volcengine_vke_node_pool.system]
+  depends_on       = [volcengine_vke_node_pool.this["system"]]
 }
 
 # ---------------------------------------------------------------------------------------------
