@@ -109,6 +109,15 @@ def start_head(*, num_cpus: int | None = None, num_gpus: int | None = None) -> s
     return "auto"
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on right now on loopback (the OS picks it)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
 class LocalHead:
     """A real Ray head (``ray start --head --block``) with the jobs API on loopback, owned by us.
 
@@ -128,11 +137,6 @@ class LocalHead:
         import sys
         import tempfile
         import time
-
-        def free_port() -> int:
-            with socket.socket() as sock:
-                sock.bind((LOOPBACK, 0))
-                return sock.getsockname()[1]
 
         # A short temp dir: Ray's unix socket paths live under it and must stay under ~107 characters.
         self._temp_dir = tempfile.mkdtemp(prefix="lkray")

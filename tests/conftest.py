@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from labkit.ray_runtime import free_port  # noqa: F401  (tests import it from here)
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -38,13 +40,8 @@ def isolated_home(tmp_path, monkeypatch) -> Path:
     return home
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on right now (the OS picks it)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+# An example workshop image in the tag scheme labkit checks (Ray 2.60.0, Python 3.11).
+EXAMPLE_IMAGE = "registry.example.com/labkit/workshop:0.1.0-ray2.60.0-py311"
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:

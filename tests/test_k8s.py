@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import yaml
+from conftest import EXAMPLE_IMAGE as IMAGE
 from conftest import REPO, run_cli, shared_dir
 
 from labkit.k8s import ClusterSpec, GroupSpec, JobSpec, ServiceSpec, SpecError, preset, ray_cluster, ray_job, to_yaml
@@ -17,7 +18,6 @@ from labkit.k8s.schema import SchemaSourceError, load_crds, validate_manifests, 
 from labkit.k8s.spec import default_image, image_version_problem
 
 GOLDEN = REPO / "tests" / "golden" / "k8s"
-IMAGE = "registry.example.com/labkit/workshop:0.1.0-ray2.60.0-py311"
 
 
 def _ray_parts(m: dict) -> dict:

@@ -14,13 +14,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import EXAMPLE_IMAGE as IMAGE
 from conftest import REPO
 
 from labkit.k8s import preset, to_yaml
 from labkit.k8s.manifests import CHECKOV_SKIPS, embedded_pods
 from labkit.k8s.presets import PRESETS
-
-IMAGE = "registry.example.com/labkit/workshop:0.1.0-ray2.60.0-py311"
 
 
 def checkov_binary() -> str:

@@ -15,11 +15,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import yaml
+from conftest import EXAMPLE_IMAGE as IMAGE
 
 from labkit.k8s import preset
 from labkit.k8s.cluster import ClusterError, apply, connect, delete, summary
 
-IMAGE = "registry.example.com/labkit/workshop:0.1.0-ray2.60.0-py311"
 GROUPS = {"networking.k8s.io/v1": [("networkpolicies", "NetworkPolicy")],
           "ray.io/v1": [("rayclusters", "RayCluster"), ("rayjobs", "RayJob"), ("rayservices", "RayService")]}
 
