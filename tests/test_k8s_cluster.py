@@ -87,7 +87,6 @@ class FakeApiServer(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def api_server(tmp_path, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path))  # the dynamic client's discovery cache
     FakeApiServer.requests = []
     FakeApiServer.mode = "ok"
     FakeApiServer.groups = GROUPS
@@ -163,6 +162,16 @@ def test_no_kubeconfig_and_no_server_are_clear(tmp_path):
 def test_delete_goes_in_reverse_and_reports_missing_objects(tmp_path, api_server):
     lines = delete(preset("cpu", image=IMAGE), api_client=_api(tmp_path, api_server))
     assert lines == ["RayCluster labkit/labkit-cpu: already gone", "NetworkPolicy labkit/labkit-cpu-ray: deleted"]
+
+
+def test_each_call_asks_the_api_server_not_a_shared_cache(tmp_path, api_server):
+    # The client's default discovery cache is a file per host in /tmp: a later call whose
+    # credentials lost their rights would not hear the 403 from discovery.
+    api = _api(tmp_path, api_server)
+    apply(preset("cpu", image=IMAGE), api_client=api, dry_run=True)
+    FakeApiServer.mode = "forbidden"
+    with pytest.raises(ClusterError, match="HTTP 403"):
+        apply(preset("cpu", image=IMAGE), api_client=api, dry_run=True)
 
 
 def test_status_summaries_read_kuberay_status():

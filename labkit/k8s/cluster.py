@@ -82,13 +82,28 @@ def _resource(dyn, manifest: dict):
         raise ClusterError(f"the cluster does not serve {api_version} {kind}") from exc
 
 
+def _fresh_cache_file() -> str:
+    import tempfile
+
+    global _CACHE_DIR
+    if _CACHE_DIR is None:
+        _CACHE_DIR = tempfile.TemporaryDirectory(prefix="labkit-kube-")  # removed at exit
+    return tempfile.mktemp(suffix=".json", dir=_CACHE_DIR.name)
+
+
+_CACHE_DIR = None
+
+
 def _dynamic(api_client):
     from kubernetes.client.exceptions import ApiException
     from kubernetes.dynamic import DynamicClient
     from urllib3.exceptions import HTTPError
 
     try:
-        return DynamicClient(api_client)
+        # A fresh discovery per call: the client's default cache is one file per API host in the
+        # system temp dir, shared by every process, so what one cluster (or user) was allowed to
+        # see would be reused instead of asking the API server again.
+        return DynamicClient(api_client, cache_file=_fresh_cache_file())
     except ApiException as exc:
         raise explain_api_error(exc, "discovering the cluster's APIs") from exc
     except HTTPError as exc:
