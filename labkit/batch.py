@@ -116,12 +116,15 @@ class ChatPredictor:
     """Generates a reply for each row of a batch. Used by ``map_batches`` as a class (stateful)."""
 
     def __init__(self, model_name: str, *, device: str, dtype: str | None, max_new_tokens: int, temperature: float,
-                 seed: int, min_new_tokens: int = 0):
+                 seed: int, min_new_tokens: int = 0, fast: bool = False, batch_size: int = 16):
         from labkit import store
         from labkit.llm import ChatModel
 
         path = store.pull(model_name, progress=False)[0]  # no-op when present; a new node fetches it once
         self.lm = ChatModel.from_pretrained(path, device=device, dtype=dtype, name=model_name)
+        if fast:  # compile here, at actor start, for the one (padded) batch shape this job uses
+            self.lm.set_fast(True, pad_batch_to=batch_size)
+            self.lm.warm_up(batch_size=batch_size, max_new_tokens=max_new_tokens)
         self.kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
                        min_new_tokens=min_new_tokens, progress=False)
         self.room = self.lm.context_length - max_new_tokens
@@ -293,7 +296,8 @@ class BatchReport:
 def run_batch(source: str | Path, output_dir: str | Path, *, task: str = "chat", profile: str | None = None,
               actors: int = 1, batch_size: int = 16, num_cpus: float | None = None, num_gpus: float = 0,
               max_new_tokens: int = 64, min_new_tokens: int = 0, temperature: float = 0.0, seed: int = 0,
-              overwrite: bool = False, limit: int | None = None, progress: bool = True) -> BatchReport:
+              overwrite: bool = False, limit: int | None = None, fast: bool = False,
+              progress: bool = True) -> BatchReport:
     """Run the profile's chat (or image) model over every row of ``source`` and write the results.
 
     ``actors`` model copies run at once, each with ``num_cpus`` CPUs (default: the CPUs split
@@ -329,7 +333,8 @@ def run_batch(source: str | Path, output_dir: str | Path, *, task: str = "chat",
     if task == "chat":
         predictor, kwargs = ChatPredictor, dict(
             model_name=spec.name, device=device, dtype=dtype,
-            max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, temperature=temperature, seed=seed)
+            max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, temperature=temperature, seed=seed,
+            fast=fast, batch_size=batch_size)
     else:
         predictor, kwargs = ImagePredictor, dict(model_name=spec.name, profile=profiles.check_profile(profile),
                                                  device=device, output_dir=str(out.resolve()),

@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int)
     g.add_argument("--stream", action="store_true", help="print tokens as they come (one prompt)")
+    g.add_argument("--fast", action="store_true", help="static KV cache + compiled decode step (compiles first)")
     g.set_defaults(func=_generate)
 
     im = sub.add_parser("image", help="generate images with the profile's text-to-image model")
@@ -95,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--limit", type=int, help="only the first N rows")
     b.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
+    b.add_argument("--fast", action="store_true", help="static KV cache + compiled decode step (compiles at start)")
     b.add_argument("--address", help="join this Ray cluster (e.g. auto) instead of starting one")
     b.set_defaults(func=_batch)
 
@@ -121,6 +123,21 @@ def _parser() -> argparse.ArgumentParser:
     sb.add_argument("--json", action="store_true")
     sb.set_defaults(func=_serve_bench)
     sv.set_defaults(func=lambda a: (sv.print_help(), 2)[1])
+
+    b = sub.add_parser("bench", help="measure this machine")
+    bsub = b.add_subparsers(metavar="WHAT")
+    bg = bsub.add_parser("generate", help="tokens/s of plain generate and labkit's fast path against the "
+                                          "machine's measured ceilings")
+    bg.add_argument("--profile", choices=["cpu", "gpu"])
+    bg.add_argument("--dtype", help="bfloat16, float16 or float32 (default: the profile's)")
+    bg.add_argument("--batch-sizes", default="1,8,64", help="comma-separated, e.g. 1,8,64")
+    bg.add_argument("--new-tokens", type=int, default=64)
+    bg.add_argument("--repeats", type=int, default=3)
+    bg.add_argument("--paths", default="plain,fast", help="which paths: plain, fast (comma-separated)")
+    bg.add_argument("--json", type=Path, help="also write the rows and the machine to this file")
+    bg.add_argument("--plot", type=Path, help="save the roofline plot (PNG) here")
+    bg.set_defaults(func=_bench_generate)
+    b.set_defaults(func=lambda a: (b.print_help(), 2)[1])
 
     from labkit.cli_k8s import add_commands
 
@@ -181,10 +198,45 @@ def _models_verify(args) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
+def _bench_generate(args) -> int:
+    import json
+
+    from labkit import roofline
+    from labkit.data import read_prompts
+    from labkit.llm import load_chat_model
+
+    sizes = [int(x) for x in args.batch_sizes.split(",") if x.strip()]
+    names = [x.strip() for x in args.paths.split(",") if x.strip()]
+    if not sizes or any(n <= 0 for n in sizes):
+        raise ValueError(f"--batch-sizes must be positive integers, got {args.batch_sizes!r}")
+    if not names or set(names) - {"plain", "fast"}:
+        raise ValueError(f"--paths takes plain and/or fast, got {args.paths!r}")
+    if args.new_tokens <= 0 or args.repeats <= 0:
+        raise ValueError("--new-tokens and --repeats must be positive")
+    paths = {n: load_chat_model(args.profile, dtype=args.dtype, fast=n == "fast") for n in names}
+    first = next(iter(paths.values()))
+    print(f"measuring the machine ({first.placement.device}, {first.placement.dtype}) ...", flush=True)
+    machine = roofline.measure_machine(dtype=first.placement.dtype, device=str(first.placement.device))
+    prompts = [row["prompt"] for row in read_prompts("chat_prompts_mini")]
+    rows = roofline.bench_generate(paths, prompts, batch_sizes=sizes, max_new_tokens=args.new_tokens,
+                                   repeats=args.repeats, machine=machine)
+    print(roofline.format_table(rows, machine))
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine.as_dict(), "model": first.name, "rows": rows}, indent=2))
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        ax = roofline.plot_roofline(rows, first.model, machine)
+        ax.figure.savefig(args.plot, dpi=120, bbox_inches="tight")
+        print(f"plot: {args.plot}")
+    return 0
+
+
 def _generate(args) -> int:
     from labkit.llm import load_chat_model
 
-    lm = load_chat_model(args.profile)
+    lm = load_chat_model(args.profile, fast=args.fast)
     kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     if args.stream:
         if len(args.prompts) != 1:
@@ -229,7 +281,7 @@ def _batch(args) -> int:
     report = run_batch(args.input, args.output, task=args.task, profile=args.profile, actors=args.actors,
                        batch_size=args.batch_size, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
                        max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
-                       limit=args.limit, overwrite=args.overwrite)
+                       limit=args.limit, overwrite=args.overwrite, fast=args.fast)
     print(f"{report.rows} rows: {report.ok} ok, {report.errors} errors, {report.skipped} already done; "
           f"{report.seconds:.1f}s, {report.prompts_per_s:.2f} prompts/s, {report.tokens_per_s:.1f} tokens/s")
     print(f"results: {report.output_dir} (read with labkit.batch.read_results)")
@@ -248,6 +300,7 @@ def _serve_settings_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chat-max-replicas", type=int, help="autoscale chat replicas up to this many")
     p.add_argument("--chat-num-gpus", type=float, default=0, help="0.5 with --image-num-gpus 0.5 shares a GPU")
     p.add_argument("--image-num-gpus", type=float, default=0)
+    p.add_argument("--fast", action="store_true", help="chat: static KV cache + compiled decode step")
 
 
 def _serve_settings(args):
@@ -257,7 +310,7 @@ def _serve_settings(args):
                       images=not args.no_images, max_batch_size=args.max_batch_size,
                       batch_wait_timeout_s=args.batch_wait_timeout, chat_replicas=args.chat_replicas,
                       chat_max_replicas=args.chat_max_replicas, chat_num_gpus=args.chat_num_gpus,
-                      image_num_gpus=args.image_num_gpus)
+                      image_num_gpus=args.image_num_gpus, fast_generation=args.fast)
     s.check()
     return s
 

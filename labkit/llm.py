@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from labkit import profiles, store
+from labkit.fastgen import FastDecoder, suggest_batch_size
 
 Messages = list[dict[str, str]]
 
@@ -55,7 +56,7 @@ def tokens_per_second(generations: Sequence[Generation]) -> float:
 class ChatModel:
     """A causal LM with its tokenizer, placed on a device, with guard rails on every input."""
 
-    def __init__(self, model, tokenizer, *, name: str, placement: profiles.Placement):
+    def __init__(self, model, tokenizer, *, name: str, placement: profiles.Placement, fast: bool = False):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.tokenizer.padding_side = "left"
@@ -63,11 +64,28 @@ class ChatModel:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.name = name
         self.placement = placement
+        self.decoder: FastDecoder | None = None
+        self.set_fast(fast)
+
+    def set_fast(self, enabled: bool = True, *, compile: bool = True, pad_batch_to: int = 1) -> None:
+        """Switch ``generate`` to labkit's fast decoder (static KV cache + compiled step) or back.
+
+        The first batch of each new shape pays the compile (printed when it happens); call
+        ``warm_up`` to pay it up front. ``pad_batch_to``: pad smaller batches up to this many rows
+        so that one compiled shape serves them all (servers, batch jobs). See ``labkit.fastgen``.
+        """
+        self.decoder = FastDecoder(self.model, compile=compile, pad_batch_to=pad_batch_to) if enabled else None
+
+    def warm_up(self, *, batch_size: int = 1, max_new_tokens: int = 64) -> float:
+        """Compile the fast decoder for this batch size now; returns the seconds it took."""
+        if self.decoder is None:
+            raise RuntimeError("warm_up needs the fast decoder: load with fast=True or call set_fast()")
+        return self.decoder.warm_up(batch_size=batch_size, max_new_tokens=max_new_tokens)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device: str | None = None, dtype: str | None = None,
-                        name: str | None = None) -> ChatModel:
-        """Load from a local folder (no network is touched)."""
+                        name: str | None = None, fast: bool = False) -> ChatModel:
+        """Load from a local folder (no network is touched). ``fast=True``: see ``set_fast``."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         placement = profiles.pick_device_dtype(device, dtype)
@@ -75,7 +93,7 @@ class ChatModel:
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=placement.dtype, attn_implementation="sdpa", local_files_only=True
         ).to(placement.device)
-        return cls(model, tokenizer, name=name or Path(path).name, placement=placement)
+        return cls(model, tokenizer, name=name or Path(path).name, placement=placement, fast=fast)
 
     @property
     def context_length(self) -> int:
@@ -105,7 +123,7 @@ class ChatModel:
     # --- generation -----------------------------------------------------------------------
 
     def generate(self, prompts: str | Sequence[str], *, max_new_tokens: int = 64, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int | None = None, batch_size: int = 8, chat: bool = True,
+                 top_p: float = 1.0, seed: int | None = None, batch_size: int | None = None, chat: bool = True,
                  system: str | None = None, min_new_tokens: int = 0, progress: bool = True) -> list[Generation]:
         """Generate for each prompt; greedy when ``temperature == 0``.
 
@@ -113,16 +131,20 @@ class ChatModel:
         the context are cut from the left (the end of a prompt matters most) with a warning.
         A ``seed`` makes sampling repeatable for the same prompts and batch size.
         ``min_new_tokens`` holds back the end-of-turn token that long (benchmarks use it so every
-        row generates the same number of tokens).
+        row generates the same number of tokens). ``batch_size=None`` picks one from free memory
+        (``labkit.fastgen.suggest_batch_size``).
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         _check_prompts(prompts)
-        _check_sampling(max_new_tokens, temperature, top_p, batch_size)
+        _check_sampling(max_new_tokens, temperature, top_p, batch_size or 1)
         if max_new_tokens >= self.context_length:
             raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for the prompt in the "
                              f"{self.context_length}-token context: use fewer new tokens")
         texts = [self.format_chat(p, system=system) if chat else p for p in prompts]
         ids = [self._encode(t, i, max_new_tokens) for i, t in enumerate(texts)]
+        if batch_size is None:
+            batch_size = min(len(ids), suggest_batch_size(self.model, prompt_tokens=max(map(len, ids)),
+                                                          max_new_tokens=max_new_tokens))
         if seed is not None:
             torch.manual_seed(seed)
 
@@ -204,6 +226,12 @@ class ChatModel:
 
     def _generate_batch(self, batch: list[list[int]], max_new_tokens: int, temperature: float,
                         top_p: float, min_new_tokens: int) -> tuple[list[list[int]], float]:
+        if self.decoder is not None:
+            t0 = time.perf_counter()
+            outs = self.decoder.generate(batch, max_new_tokens=max_new_tokens, eos_token_ids=self._eos_ids(),
+                                         pad_token_id=self.tokenizer.pad_token_id, temperature=temperature,
+                                         top_p=top_p, min_new_tokens=min_new_tokens)
+            return outs, time.perf_counter() - t0
         inputs = self._batch_inputs(batch)
         kwargs = self._sampling_kwargs(max_new_tokens, temperature, top_p)
         if min_new_tokens:
@@ -215,18 +243,25 @@ class ChatModel:
         width = inputs["input_ids"].shape[1]
         return [row[width:].tolist() for row in out], seconds
 
+    def _eos_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        return set(eos if isinstance(eos, list) else [eos])
+
     def _stop_index(self, new: list[int]) -> int:
         """Index of the first end-of-turn token in ``new`` (len(new) when there is none)."""
-        eos = self.model.generation_config.eos_token_id
-        eos = set(eos if isinstance(eos, list) else [eos])
+        eos = self._eos_ids()
         return next((i for i, t in enumerate(new) if t in eos), len(new))
 
 
 def load_chat_model(profile: str | None = None, *, device: str | None = None,
-                    dtype: str | None = None) -> ChatModel:
-    """Load the profile's chat model from the store (pull it first with ``labkit models pull``)."""
+                    dtype: str | None = None, fast: bool = False) -> ChatModel:
+    """Load the profile's chat model from the store (pull it first with ``labkit models pull``).
+
+    ``fast=True`` decodes with a static KV cache and a compiled step (``labkit.fastgen``).
+    """
     spec = profiles.model_for("chat", profile)
-    return ChatModel.from_pretrained(store.model_path(spec.name), device=device, dtype=dtype, name=spec.name)
+    return ChatModel.from_pretrained(store.model_path(spec.name), device=device, dtype=dtype, name=spec.name,
+                                     fast=fast)
 
 
 def measure_throughput(lm: ChatModel, prompts: Sequence[str], *, batch_sizes: Sequence[int] = (1, 8, 32),

@@ -55,6 +55,7 @@ class ServeSettings:
     max_tokens_limit: int = 512
     default_max_tokens: int = 128
     max_images: int = 4
+    fast_generation: bool = False  # static KV cache + compiled step (labkit.fastgen), compiled at start-up
 
     def check(self) -> None:
         for name in ("chat_replicas", "image_replicas", "max_batch_size", "max_tokens_limit", "max_images"):
@@ -187,6 +188,9 @@ def _chat_deployment():
             device = "cuda" if self.s.chat_num_gpus else "cpu"
             self.lm = ChatModel.from_pretrained(store.pull(spec.name, progress=False)[0], device=device,
                                                 name=spec.name)
+            if self.s.fast_generation:  # every batch padded to max_batch_size: one shape, compiled now
+                self.lm.set_fast(True, pad_batch_to=self.s.max_batch_size)
+                self.lm.warm_up(batch_size=self.s.max_batch_size, max_new_tokens=self.s.default_max_tokens)
             self.generate_batch.set_max_batch_size(self.s.max_batch_size)
             self.generate_batch.set_batch_wait_timeout_s(self.s.batch_wait_timeout_s)
             self.batches: list[int] = []  # sizes of the model batches run, for the lab's plot
