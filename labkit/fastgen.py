@@ -1,16 +1,19 @@
 """Fast decoding: transformers' static KV cache, a ``torch.compile``'d decode step, bucketed shapes.
 
-Why plain ``generate`` is slow on a CPU at small batches: every step reads all the weights
-(270 MB for SmolLM2-135M in bf16) and runs ~400 small PyTorch ops from Python. PyTorch's bf16
-matrix-vector kernel reaches about a third of the memory bandwidth, and the Python overhead is as
-large again. This module keeps the model and the cache as they are and changes how a step runs:
+Why plain ``generate`` is slow on a CPU: every step reads all the weights (270 MB for
+SmolLM2-135M in bf16) and launches ~400 small PyTorch ops from Python. PyTorch's bf16
+matrix-vector kernel streams weights at about a third of the memory bandwidth, small-batch
+matmuls are not much better, and the attention kernels are built for long queries, not the one
+new token of a decode step. This module keeps the model and changes how a step runs:
 
 * ``StaticCache``: the KV cache is allocated once at a fixed length, so every decode step has the
-  same shapes and can be compiled (a growing cache would change shapes every step).
+  same shapes and can be compiled (a growing cache changes shapes every step).
 * ``torch.compile`` of the decode step (prefill stays eager: its shapes change with every batch).
-  Inductor fuses the small ops into a few C++ loops, and at batch 1 we let it turn each
-  matrix-vector product into a fused multiply-and-sum that streams the bf16 weights at about
-  twice the speed of the library kernel (inductor's ``decompose_mm_pass``).
+  Inductor fuses the small ops into a few C++ loops. At batch 1 it rewrites each matrix-vector
+  product as a fused multiply-and-sum that streams bf16 weights about twice as fast
+  (``decompose_mm_pass``); above batch 1 it "freezes" the weights into oneDNN's packed layout.
+* ``decode_attention``: one query row per step attends with two small matmuls per KV head
+  instead of copying KV heads for grouped-query attention.
 * Bucketed shapes: a compiled graph is specialised to its (batch, cache length), so batches are
   padded up to a power of two and cache lengths to the next bucket. A handful of graphs serve
   every request; each is compiled once per process (inductor also caches it on disk, so the next
@@ -19,7 +22,8 @@ large again. This module keeps the model and the cache as they are and changes h
 Where a compiler is missing (no C++ toolchain) or compiling fails, decoding goes on with the
 same static cache uncompiled, after one warning. Greedy output is the same token for token as
 ``model.generate`` in fp32; in bf16 both paths round differently, so near ties can go either way
-(as they already do in ``generate`` between batch sizes): see ``tests/test_fastgen.py``.
+(as they already do in ``generate`` between batch sizes): see ``tests/test_fastgen.py``. Frozen
+weights are copied into the compiled graph: load a fresh model after changing its weights.
 
 Example:
     >>> from labkit.llm import load_chat_model
@@ -60,7 +64,7 @@ def decode_attention(module, query, key, value, attention_mask, scaling=None, dr
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     batch, heads, q_len, dim = query.shape
-    if q_len != 1:
+    if q_len != 1 or kwargs.get("sliding_window"):  # prompts, and windowed layers: the library's kernel
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
     groups = heads // key.shape[1]

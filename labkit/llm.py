@@ -136,7 +136,7 @@ class ChatModel:
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         _check_prompts(prompts)
-        _check_sampling(max_new_tokens, temperature, top_p, batch_size or 1)
+        _check_sampling(max_new_tokens, temperature, top_p, 1 if batch_size is None else batch_size)
         if max_new_tokens >= self.context_length:
             raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for the prompt in the "
                              f"{self.context_length}-token context: use fewer new tokens")

@@ -118,3 +118,35 @@ def test_chat_model_fast_path_matches_plain_on_the_real_model(chat_model_path):
     assert [g.text for g in fast] == [g.text for g in plain]
     assert [(g.new_tokens, g.finish_reason) for g in fast] == [(g.new_tokens, g.finish_reason) for g in plain]
     assert lm.decoder.compiled and lm.decoder.compile_seconds
+
+
+def test_roofline_costs_and_ceilings(tiny_llama):
+    from labkit import roofline
+
+    costs = roofline.model_costs(tiny_llama)
+    params = sum(p.numel() for p in tiny_llama.parameters())  # tied weights counted once by torch too
+    assert costs["weight_bytes"] == 4 * params
+    machine = roofline.Machine(matmul_gflops=100.0, read_gbs=10.0, dtype="float32", threads=2, device="cpu")
+    one, many = (roofline.ceiling_tokens_per_s(tiny_llama, machine, batch_size=b) for b in (1, 10**6))
+    assert one["bound"] == "memory" and one["ceiling"] == pytest.approx(10e9 / costs["weight_bytes"])
+    assert many["bound"] == "compute" and many["ceiling"] == pytest.approx(100e9 / costs["flops_per_token"])
+    measured = roofline.measure_machine(dtype=torch.float32, repeats=1, read_mb=16)
+    assert measured.matmul_gflops > 1 and measured.read_gbs > 0.5
+
+
+def test_bench_generate_cli_writes_table_json_and_plot(tmp_path, chat_model_path):
+    import json
+
+    from conftest import run_cli
+
+    out, png = tmp_path / "bench.json", tmp_path / "roofline.png"
+    done = run_cli("bench", "generate", "--batch-sizes", "1,2", "--new-tokens", "4", "--repeats", "2",
+                   "--paths", "plain", "--json", str(out), "--plot", str(png))
+    assert done.returncode == 0, done.stderr
+    assert "GFLOP/s" in done.stdout and "of ceil" in done.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["path"], r["batch_size"]) for r in rows] == [("plain", 1), ("plain", 2)]
+    assert all(0 < r["fraction_of_ceiling"] < 1 and r["min"] <= r["tokens_per_s"] <= r["max"] for r in rows)
+    assert png.stat().st_size > 10_000
+    bad = run_cli("bench", "generate", "--batch-sizes", "0,4")
+    assert bad.returncode != 0 and "--batch-sizes must be positive" in bad.stderr
