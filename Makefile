@@ -57,6 +57,7 @@ bench: models
 	$(BIN)/python benchmarks/bench_foundation.py
 	$(BIN)/python benchmarks/bench_batch.py
 	$(BIN)/python benchmarks/bench_serve.py
+	$(BIN)/python benchmarks/bench_generate.py
 
 lint: setup
 	$(BIN)/ruff check .

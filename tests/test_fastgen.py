@@ -18,15 +18,19 @@ from labkit.llm import ChatModel
 PAD, EOS = 0, 2
 
 
-@pytest.fixture(scope="module")
-def tiny_llama():
+def make_tiny_llama(seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                          pad_token_id=PAD, eos_token_id=EOS, bos_token_id=1)
     return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_llama():
+    return make_tiny_llama(0)
 
 
 def plain_generate(model, batch, max_new_tokens, eos=EOS):
@@ -53,6 +57,14 @@ def test_greedy_equals_plain_generate_token_for_token(tiny_llama):
         assert fast == plain_generate(tiny_llama, batch, 40)
     assert dec.compiled and set(dec.compile_seconds) == {(1, 128), (4, 128)}
     assert all(s > 0 for s in dec.compile_seconds.values())
+
+
+def test_two_models_of_one_architecture_each_get_their_own_compiled_step(tiny_llama):
+    # Frozen weights are constants in a compiled graph: a second model must not reuse the first's.
+    other = make_tiny_llama(1)
+    for model in (tiny_llama, other, tiny_llama):
+        fast = FastDecoder(model).generate(BATCH, max_new_tokens=12, eos_token_ids={EOS}, pad_token_id=PAD)
+        assert fast == plain_generate(model, BATCH, 12)
 
 
 def test_end_of_turn_stops_a_row_and_the_rest_continue(tiny_llama):
