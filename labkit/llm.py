@@ -269,25 +269,16 @@ def measure_throughput(lm: ChatModel, prompts: Sequence[str], *, batch_sizes: Se
     """Tokens/s at each batch size, greedy, on the same prompts: rows ready for a plot or a table.
 
     Every row generates exactly ``max_new_tokens`` (end-of-turn is held back), so batch sizes
-    compare like for like. Each batch size runs ``repeats`` times after one warm-up batch; the
-    median is reported.
+    compare like for like. Each batch size runs once to warm up, then ``repeats`` times; the
+    median is reported. (``labkit.roofline.bench_generate`` does the measuring, for several
+    models at once and against the machine's ceilings.)
     """
-    if not prompts:
-        raise ValueError("measure_throughput needs at least one prompt")
-    rows = []
-    lm.generate(list(prompts[:1]), max_new_tokens=4, progress=False)  # warm-up: kernels, allocator
-    for bs in tqdm(batch_sizes, desc="batch sizes", disable=not progress):
-        batch = [prompts[i % len(prompts)] for i in range(bs)]
-        runs = []
-        for _ in range(repeats):
-            gens = lm.generate(batch, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
-                               batch_size=bs, progress=False)
-            runs.append((tokens_per_second(gens), gens))
-        runs.sort(key=lambda r: r[0])
-        tps, gens = runs[len(runs) // 2]
-        rows.append({"batch_size": bs, "tokens_per_s": tps, "new_tokens": sum(g.new_tokens for g in gens),
-                     "seconds": gens[0].seconds, "ms_per_step": 1e3 * gens[0].seconds / max_new_tokens})
-    return rows
+    from labkit.roofline import bench_generate
+
+    rows = bench_generate({lm.name: lm}, prompts, batch_sizes=batch_sizes, max_new_tokens=max_new_tokens,
+                          repeats=repeats, progress=progress)
+    return [{"batch_size": r["batch_size"], "tokens_per_s": r["tokens_per_s"], "ms_per_step": r["ms_per_step"],
+             "new_tokens": r["batch_size"] * max_new_tokens} for r in rows]
 
 
 # --- input checks: clear messages here instead of a crash deep inside torch ---------------------
