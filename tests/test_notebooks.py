@@ -43,7 +43,7 @@ def test_run_notebooks_executes_every_lab_in_smoke_mode(tmp_path, chat_model_pat
     text = json.dumps([c.get("outputs") for c in executed.cells if c.cell_type == "code"], ensure_ascii=False)
     assert "image/png" in text, "the throughput plot should be drawn"
     assert "✅ 01.best_batch (solution): correct!" in text
-    assert "✅ 01.roofline (solution): correct!" in text and "compute ceiling" in text
+    assert "✅ 01.roofline (solution): correct!" in text and "of ceil" in text
 
 
 def _notebook(path, source):
