@@ -205,8 +205,14 @@ class FastDecoder:
     @torch.inference_mode()
     def generate(self, batch: Sequence[Sequence[int]], *, max_new_tokens: int, eos_token_ids: set[int],
                  pad_token_id: int, temperature: float = 0.0, top_p: float = 1.0,
-                 min_new_tokens: int = 0) -> list[list[int]]:
-        """New tokens for each row of ``batch``; greedy when ``temperature == 0``."""
+                 min_new_tokens: int = 0, streamer=None) -> list[list[int]]:
+        """New tokens for each row of ``batch``; greedy when ``temperature == 0``.
+
+        ``streamer`` (one row only): a transformers streamer, given the prompt and then each new
+        token as it is picked, as ``generate`` does.
+        """
+        if streamer is not None and len(batch) != 1:
+            raise ValueError("streaming takes exactly one prompt")
         if not batch or any(len(row) == 0 for row in batch):
             raise ValueError("every row needs at least one prompt token")
         rows, width = len(batch), max(len(row) for row in batch)
@@ -230,15 +236,21 @@ class FastDecoder:
         eos = torch.tensor(sorted(eos_token_ids), device=self.device)
         done = torch.zeros(padded_rows, dtype=torch.bool, device=self.device)
         new_tokens = []
+        if streamer is not None:
+            streamer.put(torch.tensor([batch[0]]))
         for step in range(max_new_tokens):
             token = self._pick(logits, step < min_new_tokens, eos, temperature, top_p)
             token = torch.where(done, torch.full_like(token, pad_token_id), token)
             new_tokens.append(token)
+            if streamer is not None and not bool(done[0]):
+                streamer.put(token[:1].cpu())
             done |= torch.isin(token, eos)
             if step == max_new_tokens - 1 or bool(done[:rows].all()):
                 break
             logits = self._run_step(token[:, None], next_pos, mask, cache, (padded_rows, length))
             next_pos = next_pos + 1
+        if streamer is not None:
+            streamer.end()
         tokens = torch.stack(new_tokens, 1)[:rows].tolist()
         return [_cut_after_eos(row, eos_token_ids) for row in tokens]
 

@@ -187,6 +187,11 @@ class ChatModel:
 
         def run() -> None:
             try:
+                if self.decoder is not None:  # the same path (and kernels) as generate()
+                    self.decoder.generate([ids], max_new_tokens=max_new_tokens, eos_token_ids=self._eos_ids(),
+                                          pad_token_id=self.tokenizer.pad_token_id, temperature=temperature,
+                                          top_p=top_p, streamer=streamer)
+                    return
                 with torch.inference_mode():
                     self.model.generate(**kwargs)
             except BaseException as exc:  # surfaced in the caller's thread below

@@ -119,6 +119,17 @@ def test_greedy_results_match_the_plain_model(ray_cluster, tmp_path, lm_fp32, mo
     assert [got[r["id"]] for r in rows] == [g.text for g in want]
 
 
+def test_fast_path_in_the_actors_gives_the_same_replies(ray_cluster, tmp_path, lm_fp32, monkeypatch):
+    monkeypatch.setenv("LABKIT_DTYPE", "float32")
+    rows = _good_rows(5)  # batches of 3 and 2, both padded to one compiled shape of 4 rows
+    report = run_batch(_write_jsonl(tmp_path / "in.jsonl", rows), tmp_path / "out", batch_size=3,
+                       max_new_tokens=12, fast=True, progress=False)
+    assert report.ok == 5
+    got = {r["id"]: r["output"] for r in read_results(tmp_path / "out").to_pylist()}
+    want = lm_fp32.generate([r["prompt"] for r in rows], max_new_tokens=12, batch_size=1, progress=False)
+    assert [got[r["id"]] for r in rows] == [g.text for g in want]
+
+
 def test_actor_killed_mid_run_is_restarted_and_nothing_is_lost_or_doubled(ray_cluster, tmp_path):
     src = _write_jsonl(tmp_path / "in.jsonl", _good_rows(48))
     out = tmp_path / "out"

@@ -92,6 +92,27 @@ def test_falls_back_uncompiled_when_there_is_no_compiler(tiny_llama):
         dec.generate(BATCH[:2], max_new_tokens=4, eos_token_ids={EOS}, pad_token_id=PAD)
 
 
+def test_streamer_gets_the_prompt_then_each_new_token(tiny_llama):
+    from transformers.generation.streamers import BaseStreamer
+
+    class Collect(BaseStreamer):
+        def __init__(self):
+            self.puts, self.ended = [], False
+
+        def put(self, value):
+            self.puts.append(value.flatten().tolist())
+
+        def end(self):
+            self.ended = True
+
+    dec, streamer = FastDecoder(tiny_llama), Collect()
+    out = dec.generate(BATCH[2:3], max_new_tokens=10, eos_token_ids={EOS}, pad_token_id=PAD, streamer=streamer)
+    assert streamer.ended and streamer.puts[0] == BATCH[2]
+    assert sum(streamer.puts[1:], []) == out[0] == plain_generate(tiny_llama, BATCH[2:3], 10)[0]
+    with pytest.raises(ValueError, match="exactly one prompt"):
+        dec.generate(BATCH[:2], max_new_tokens=2, eos_token_ids={EOS}, pad_token_id=PAD, streamer=Collect())
+
+
 def test_seeded_sampling_repeats(tiny_llama):
     dec = FastDecoder(tiny_llama, compile=False)
 

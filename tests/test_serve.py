@@ -20,8 +20,9 @@ def server(ray_cluster):
 
     from labkit.serve import deploy
 
+    # The replica decodes with labkit's fast path (compiled at start-up): every test below goes through it.
     url = deploy(ServeSettings(port=free_port(), max_batch_size=8, batch_wait_timeout_s=0.1, max_tokens_limit=64,
-                               default_max_tokens=16))
+                               default_max_tokens=16, fast_generation=True))
     yield url
     serve.shutdown()
 
