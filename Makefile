@@ -1,49 +1,59 @@
 # labkit: `make lab` for attendees, `make test` for developers and CI, `make run` for instructors.
-# Every target sets up what it needs first, so each one works on a fresh clone.
+# Every target sets up what it needs first, so each one works on a fresh clone. Set-up installs
+# exactly what lock/ says (see lock/README.md); `make lock` renews it, `make canary` tries what
+# the next lock would hold.
 
+# The Python to make .venv with; when it is not 3.10-3.12, the newest python3.1x on PATH is used.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# The CPU build of torch the labs are tested with. GPU machines: see README ("GPU machines").
-TORCH_SPEC ?= torch==2.13.0
-# Optional extra index for torch (e.g. PyTorch's CPU-only or a specific CUDA wheel index).
-TORCH_INDEX_URL ?=
+# Which lock: cpu (Linux without an NVIDIA GPU: torch's CPU build), cuda (PyPI's torch: the CUDA
+# build on Linux, the normal build on macOS), or auto (cuda where nvidia-smi exists or on macOS).
+TORCH ?= auto
+# uv (default: faster, see docs/benchmarks.md) or pip; both install the same hash-checked lock.
+INSTALLER ?= uv
 # cpu or gpu; empty means "gpu if a CUDA device is visible, else cpu".
 PROFILE ?=
 # Non-empty runs the notebooks with small settings (what CI does).
 SMOKE ?=
+# Extra arguments for `jupyter lab`, e.g. LAB_ARGS="--no-browser --ServerApp.port=8899".
+LAB_ARGS ?=
+# The drift canary's torch: locked (everything else newest) or latest (torch's newest too).
+CANARY_TORCH ?= locked
+CANARY_VENV ?= .venv-canary
 
 profile_flag = $(if $(PROFILE),--profile $(PROFILE))
+setup_env = -m labkit.setup_env
 
-# checkov (manifest and Terraform checks) conflicts with the kit's dependencies: own virtualenv.
+# checkov (manifest and Terraform checks) conflicts with the kit's dependencies: own virtualenv, own lock.
 CHECKOV_VENV ?= .venv-checkov
-CHECKOV_SPEC ?= checkov==3.3.30
 
-.PHONY: setup models lab test run bench lint checkov clean
+.PHONY: setup sync models lab test run bench lint checkov lock lock-refresh canary clean
 
 setup: $(VENV)/.labkit-installed
 
-$(VENV)/.labkit-installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install "$(TORCH_SPEC)" $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL))
-	$(BIN)/python -m pip install -e ".[dev]"
-	$(BIN)/python -m ipykernel install --sys-prefix --name labkit --display-name "Python (labkit)"
+$(VENV)/.labkit-installed: pyproject.toml uv.lock lock/cpu.txt lock/cuda.txt
+	$(PYTHON) $(setup_env) install --venv $(VENV) --variant $(TORCH) --installer $(INSTALLER) --python $(PYTHON)
 	touch $@
+
+# Install the lock again whatever the stamp says (after switching TORCH=cpu/cuda, or to undo drift).
+sync:
+	rm -f $(VENV)/.labkit-installed
+	$(MAKE) setup
 
 models: setup
 	$(BIN)/labkit models pull $(profile_flag)
 
 lab: models
 	-$(BIN)/labkit doctor $(profile_flag)
-	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=notebooks
+	@if [ "$$(id -u)" = 0 ]; then echo "labkit: running as root, so JupyterLab gets --allow-root (fine in a container or a rented VM; on a shared machine use a normal account)"; fi
+	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=notebooks \
+		$(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 checkov: $(CHECKOV_VENV)/.installed
 
-$(CHECKOV_VENV)/.installed:
-	$(PYTHON) -m venv $(CHECKOV_VENV)
-	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(CHECKOV_VENV)/bin/python -m pip install --quiet "$(CHECKOV_SPEC)"
+$(CHECKOV_VENV)/.installed: lock/checkov.txt | setup
+	$(BIN)/python $(setup_env) tool --venv $(CHECKOV_VENV) --lock lock/checkov.txt
 	touch $@
 
 test: models checkov
@@ -62,5 +72,22 @@ bench: models
 lint: setup
 	$(BIN)/ruff check .
 
+# Renew the lock: the newest releases pyproject's ranges allow (torch stays at pyproject's
+# [tool.uv] constraint), exported to lock/*.txt; PACKAGES="transformers diffusers" renews only
+# those. Review the diff, run `make test`, commit.
+lock: setup
+	$(BIN)/python $(setup_env) lock $(if $(PACKAGES),$(foreach p,$(PACKAGES),--upgrade-package $(p)),--upgrade)
+
+# Re-resolve after editing pyproject.toml, keeping every pin that still fits.
+lock-refresh: setup
+	$(BIN)/python $(setup_env) lock
+
+# The drift canary: a fresh virtualenv with the newest versions the ranges allow, then the suite.
+# Red here means the next `make lock` would break something: fix it before the event.
+canary: models checkov
+	$(PYTHON) $(setup_env) canary --venv $(CANARY_VENV) --torch $(CANARY_TORCH)
+	$(CANARY_VENV)/bin/ruff check .
+	LABKIT_CHECKOV=$(CHECKOV_VENV)/bin/checkov $(CANARY_VENV)/bin/pytest
+
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) runs .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(CHECKOV_VENV) $(CANARY_VENV) runs .pytest_cache .ruff_cache *.egg-info

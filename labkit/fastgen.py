@@ -40,6 +40,8 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from labkit.hf_compat import cache_argument
+
 CACHE_BUCKETS = (128, 256, 512, 1024, 2048, 4096, 8192)
 
 
@@ -129,6 +131,7 @@ class FastDecoder:
         # decoder of the same model, so a second set of caches would silently never be read.
         self._caches: dict[tuple[int, int], object] = model.__dict__.setdefault("_labkit_static_caches", {})
         self.fallback_reason: str | None = None if compile else "compile=False"
+        self._cache_arg = cache_argument(model)  # `cache` from transformers 5.24, `past_key_values` before
         self._step = self._eager_step
         if getattr(model.config, "_attn_implementation", None) in ("sdpa", "eager") and \
                 hasattr(model, "set_attn_implementation"):
@@ -143,7 +146,7 @@ class FastDecoder:
     # --- the decode step ------------------------------------------------------------------
 
     def _eager_step(self, ids, positions, mask, cache):
-        out = self.model(input_ids=ids, position_ids=positions, attention_mask=mask, past_key_values=cache,
+        out = self.model(input_ids=ids, position_ids=positions, attention_mask=mask, **{self._cache_arg: cache},
                          use_cache=True, logits_to_keep=1)
         return out.logits[:, -1, :]
 
@@ -230,7 +233,7 @@ class FastDecoder:
 
         cache = self._cache(padded_rows, length)
         out = self.model(input_ids=ids, position_ids=positions, attention_mask=mask[:, :width],
-                         past_key_values=cache, use_cache=True, logits_to_keep=1)
+                         **{self._cache_arg: cache}, use_cache=True, logits_to_keep=1)
         logits = out.logits[:, -1, :]
         next_pos = positions[:, -1:] + 1
         eos = torch.tensor(sorted(eos_token_ids), device=self.device)

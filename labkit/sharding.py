@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from labkit.hf_compat import cache_argument
 from labkit.ray_runtime import init_ray
 
 
@@ -72,6 +73,7 @@ class PipelineStage:
         if not self.is_last:
             model.norm = torch.nn.Identity()  # the final norm belongs after the last layer only
         self.model = model.to(self.device).eval()
+        self._cache_arg = cache_argument(self.model)
         self.caches: dict[int, object] = {}
         self.busy_seconds = 0.0
 
@@ -87,7 +89,7 @@ class PipelineStage:
         with torch.inference_mode():
             out = self.model(**{k: v.to(self.device) for k, v in inputs.items()},
                              attention_mask=attention_mask.to(self.device), position_ids=position_ids.to(self.device),
-                             past_key_values=self.caches[micro_batch], use_cache=True)
+                             **{self._cache_arg: self.caches[micro_batch]}, use_cache=True)
             hidden = out.last_hidden_state
             result = self.head(hidden[:, -1]).argmax(-1) if self.is_last else hidden
         self.busy_seconds += time.perf_counter() - t0
