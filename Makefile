@@ -18,6 +18,8 @@ PROFILE ?=
 SMOKE ?=
 # Extra arguments for `jupyter lab`, e.g. LAB_ARGS="--no-browser --ServerApp.port=8899".
 LAB_ARGS ?=
+# A file to write the seconds of each set-up step to (benchmarks/bench_setup.py uses it).
+SETUP_TIMINGS ?=
 # The drift canary's torch: locked (everything else newest) or latest (torch's newest too).
 CANARY_TORCH ?= locked
 CANARY_VENV ?= .venv-canary
@@ -33,7 +35,8 @@ CHECKOV_VENV ?= .venv-checkov
 setup: $(VENV)/.labkit-installed
 
 $(VENV)/.labkit-installed: pyproject.toml uv.lock lock/cpu.txt lock/cuda.txt
-	$(PYTHON) $(setup_env) install --venv $(VENV) --variant $(TORCH) --installer $(INSTALLER) --python $(PYTHON)
+	$(PYTHON) $(setup_env) install --venv $(VENV) --variant $(TORCH) --installer $(INSTALLER) --python $(PYTHON) \
+		$(if $(SETUP_TIMINGS),--timings $(SETUP_TIMINGS))
 	touch $@
 
 # Install the lock again whatever the stamp says (after switching TORCH=cpu/cuda, or to undo drift).
@@ -87,7 +90,7 @@ lock-refresh: setup
 canary: models checkov
 	$(PYTHON) $(setup_env) canary --venv $(CANARY_VENV) --torch $(CANARY_TORCH)
 	$(CANARY_VENV)/bin/ruff check .
-	LABKIT_CHECKOV=$(CHECKOV_VENV)/bin/checkov $(CANARY_VENV)/bin/pytest
+	LABKIT_CANARY=1 LABKIT_CHECKOV=$(CHECKOV_VENV)/bin/checkov $(CANARY_VENV)/bin/pytest
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) $(CANARY_VENV) runs .pytest_cache .ruff_cache *.egg-info

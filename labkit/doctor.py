@@ -19,7 +19,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from labkit import profiles, store
+from labkit import lockfile, profiles, store
 
 GiB = 1024**3
 
@@ -42,7 +42,7 @@ def run_checks(profile: str | None = None) -> list[Check]:
         profile = profiles.check_profile(profile) if torch_ok else (profile or "cpu")
         if torch_ok:
             checks += [_device(), _gpus(profile)]
-        checks += [_ram(), _disk(), _shm(), _package("ray", "Ray"), _kernel()]
+        checks += [_versions(), _ram(), _disk(), _shm(), _package("ray", "Ray"), _kernel()]
         checks += _models(profile)
         checks.append(_hub(hub.result(), profile))
     return checks
@@ -70,9 +70,32 @@ def format_table(checks: list[Check]) -> str:
 
 def _python() -> Check:
     v = sys.version_info
-    ok = v >= (3, 10)
-    return Check("python", "ok" if ok else "fail", f"{platform.python_version()} at {sys.executable}",
-                 "" if ok else "install Python 3.10 or newer and run `make setup` again")
+    detail = f"{platform.python_version()} at {sys.executable}"
+    if v < (3, 10):
+        return Check("python", "fail", detail, "install Python 3.10 to 3.12 and run `make setup` again")
+    if not lockfile.python_supported():
+        return Check("python", "warn", detail + " (the labs are locked and tested on 3.10 to 3.12)",
+                     "make the virtualenv with Python 3.12: `make clean setup PYTHON=python3.12`")
+    return Check("python", "ok", detail)
+
+
+def _versions() -> Check:
+    """Installed versions against the lock `make setup` installed (when labkit runs from a clone)."""
+    folder = lockfile.lock_dir()
+    if folder is None:
+        return Check("versions", "ok", "labkit installed as a package: pyproject's version ranges apply")
+    path = lockfile.lock_path(lockfile.installed_variant(), folder)
+    try:
+        drifted = lockfile.drift(path)
+    except (OSError, ValueError) as exc:
+        return Check("versions", "warn", f"cannot read lock/{path.name}: {exc}",
+                     "restore it (`git checkout lock/`) and run `make sync`")
+    if not drifted:
+        return Check("versions", "ok", f"exactly as lock/{path.name} pins them")
+    listed = "; ".join(f"{d.name} {d.installed or 'not installed'} (lock: {d.locked})" for d in drifted[:6])
+    more = f"; and {len(drifted) - 6} more" if len(drifted) > 6 else ""
+    return Check("versions", "warn", f"{len(drifted)} package(s) differ from lock/{path.name}: {listed}{more}",
+                 f"run `make sync` in {folder.parent} (installs exactly the lock again)")
 
 
 def _torch() -> tuple[Check, bool]:

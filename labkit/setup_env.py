@@ -303,11 +303,10 @@ def _torch_in_uv_lock(path: Path) -> tuple[str, list[str]]:
     return torch[0]["version"], gpu_only
 
 
-def torch_cpu_entry(version: str, index: str) -> str:
+def torch_cpu_entry(version: str, index: str, record: Path = REPO / "lock" / "torch-cpu.txt") -> str:
     """The cpu lock's torch entry: ``torch==<version>+cpu`` with the hashes of its Linux x86_64
     wheels for the covered Pythons, read from the CPU index (and recorded in lock/torch-cpu.txt),
     or from that record when the index cannot be reached."""
-    record = REPO / "lock" / "torch-cpu.txt"
     marker = "sys_platform == 'linux' and platform_machine == 'x86_64'"
     try:
         wheels = cpu_wheels_from_index(version, index)

@@ -9,7 +9,7 @@ def test_doctor_json_reports_every_check_with_a_status(chat_model_path):
     out = run_cli("doctor", "--json", "--profile", "cpu")
     checks = json.loads(out.stdout)
     names = {c["name"] for c in checks}
-    assert {"python", "torch", "device", "gpus", "ram", "disk", "/dev/shm", "ray", "jupyter kernel",
+    assert {"python", "torch", "device", "gpus", "versions", "ram", "disk", "/dev/shm", "ray", "jupyter kernel",
             "model smollm2-135m-instruct", "hub"} <= names
     assert all(c["status"] in ("ok", "warn", "fail") for c in checks)
     failed = [c for c in checks if c["status"] == "fail"]
