@@ -107,9 +107,9 @@ def _make_venv(venv: Path, python: str | None, env: dict) -> None:
     py = venv / "bin" / "python"
     if py.exists():
         version = _python_version(str(py))
-        if not lockfile.python_supported(version):
-            raise SetupError(f"{venv} was made with Python {version[0]}.{version[1]}, which the lock does not "
-                             "cover: remove it (`make clean`) and run the command again")
+        if version is None or not lockfile.python_supported(version):
+            raise SetupError(f"{venv} holds a Python that does not run or that the lock does not cover: remove "
+                             "it (`make clean`) and run the command again")
         return
     base = pick_python(python)
     _run([base, "-m", "venv", str(venv)], env,
@@ -123,9 +123,9 @@ def pick_python(preferred: str | None = None) -> str:
     tried = []
     for candidate in [first] + [f"python3.{minor}" for minor in (12, 11, 10)]:
         exe = shutil.which(candidate)
-        if not exe:
+        version = _python_version(exe) if exe else None
+        if version is None:  # not there, or a shim (pyenv) that does not run it here
             continue
-        version = _python_version(exe)
         tried.append(f"{candidate} is {version[0]}.{version[1]}")
         if lockfile.python_supported(version):
             if candidate != first:
@@ -136,8 +136,10 @@ def pick_python(preferred: str | None = None) -> str:
                      "the command again with PYTHON=python3.12")
 
 
-def _python_version(exe: str) -> tuple[int, int]:
+def _python_version(exe: str) -> tuple[int, int] | None:
     out = subprocess.run([exe, "-c", "import sys; print(*sys.version_info[:2])"], capture_output=True, text=True)
+    if out.returncode != 0 or len(out.stdout.split()) != 2:
+        return None
     major, minor = out.stdout.split()
     return int(major), int(minor)
 
