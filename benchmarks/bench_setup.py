@@ -48,12 +48,12 @@ def one_run(installer: str, cache: str, caches: Path, work: Path) -> dict:
     subprocess.run(["make", "--no-print-directory", "models"], cwd=clone, env=env, check=True,
                    stdout=subprocess.DEVNULL)
     total_s = time.perf_counter() - t0
+    steps = json.loads(timings.read_text()) if timings.exists() else {}
     if cache == "cold":
         shutil.rmtree(cache_root, ignore_errors=True)
     shutil.rmtree(env["LABKIT_HOME"], ignore_errors=True)
     shutil.rmtree(clone, ignore_errors=True)
-    return {"setup_s": setup_s, "models_s": total_s - setup_s, "total_s": total_s,
-            "steps": json.loads(timings.read_text()) if timings.exists() else {}}
+    return {"setup_s": setup_s, "models_s": total_s - setup_s, "total_s": total_s, "steps": steps}
 
 
 def main() -> None:
