@@ -127,6 +127,15 @@ def platform_supported(system: str | None = None, machine: str | None = None) ->
     return (system, machine) in (("linux", "x86_64"), ("darwin", "arm64"))
 
 
+def variant_supported(variant: str, system: str | None = None, machine: str | None = None) -> bool:
+    """The cpu lock needs Linux x86_64 (where torch's ``+cpu`` wheels are); the cuda lock any
+    platform the lock covers."""
+    system, machine = system or sys.platform, machine or platform.machine()
+    if variant == "cpu":
+        return (system, machine) == ("linux", "x86_64")
+    return platform_supported(system, machine)
+
+
 def python_supported(version: tuple[int, int] | None = None) -> bool:
     return tuple(version or sys.version_info[:2]) in SUPPORTED_PYTHONS
 

@@ -4,6 +4,8 @@
     python3 -m labkit.setup_env install [--venv .venv] [--variant auto|cpu|cuda] [--installer uv|pip]
     .venv/bin/python -m labkit.setup_env lock [--upgrade | --upgrade-package NAME ...]
     python3 -m labkit.setup_env canary [--venv .venv-canary] [--torch locked|latest]
+    .venv/bin/python -m labkit.setup_env tool --venv .venv-checkov --lock lock/checkov.txt
+    .venv/bin/python -m labkit.setup_env drift      # installed packages that differ from the lock
 
 ``install`` runs on the machine's own Python before anything is installed, so this module uses
 the standard library only. It makes the virtualenv, installs uv (pinned, hash-checked) into it,
@@ -24,6 +26,7 @@ Example (where torch's CPU build comes from when nothing is set):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -65,6 +68,9 @@ def install(*, venv: Path, variant: str = "auto", installer: str = "uv", python:
                          "install into your own environment with `pip install -e .` instead (pyproject's "
                          "version ranges; not what the labs are tested with)")
     variant = lockfile.auto_variant() if variant == "auto" else variant
+    if not lockfile.variant_supported(variant):
+        raise SetupError("the cpu lock (torch's +cpu build) is for Linux x86_64; on macOS PyPI's torch is the "
+                         "only build: use TORCH=cuda (or TORCH=auto)")
     lock = lockfile.lock_path(variant, folder)
     entries = lockfile.parse(lock.read_text(encoding="utf-8"))
     steps: dict[str, float] = {}
@@ -216,22 +222,14 @@ def _installed_version(py: Path, name: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-class _requirement_file:
-    """A temporary requirements file pinning one entry with its hashes."""
-
-    def __init__(self, entry: lockfile.Entry):
-        self.entry = entry
-
-    def __enter__(self) -> str:
-        handle = tempfile.NamedTemporaryFile("w", suffix=".txt", prefix="labkit-", delete=False)
-        hashes = "".join(f" \\\n    --hash={h}" for h in self.entry.hashes)
-        handle.write(f"{self.entry.name}=={self.entry.version}{hashes}\n")
-        handle.close()
-        self.path = handle.name
-        return handle.name
-
-    def __exit__(self, *exc) -> None:
-        os.unlink(self.path)
+@contextlib.contextmanager
+def _requirement_file(entry: lockfile.Entry):
+    """A temporary requirements file pinning one lock entry with its hashes."""
+    hashes = "".join(f" \\\n    --hash={h}" for h in entry.hashes)
+    with tempfile.TemporaryDirectory(prefix="labkit-setup-") as folder:
+        path = Path(folder) / "requirement.txt"
+        path.write_text(f"{entry.name}=={entry.version}{hashes}\n")
+        yield str(path)
 
 
 def _flags(flag: str, values) -> list[str]:

@@ -151,6 +151,17 @@ def test_a_python_the_lock_does_not_cover_is_refused_with_what_to_do(tmp_path, m
         setup_env.pick_python("python3.13")
 
 
+def test_which_lock_fits_which_machine():
+    assert lockfile.auto_variant(system="linux", has_nvidia=False) == "cpu"
+    assert lockfile.auto_variant(system="linux", has_nvidia=True) == "cuda"
+    assert lockfile.auto_variant(system="darwin") == "cuda"  # PyPI's torch is macOS's only build
+    assert lockfile.variant_supported("cpu", "linux", "x86_64")
+    assert not lockfile.variant_supported("cpu", "darwin", "arm64")
+    assert lockfile.variant_supported("cuda", "darwin", "arm64")
+    assert not lockfile.variant_supported("cuda", "linux", "aarch64")
+    assert not lockfile.variant_supported("cuda", "win32", "AMD64")
+
+
 def test_lock_lines_that_are_not_pins_are_refused():
     with pytest.raises(ValueError, match="line 2 .*make lock"):
         lockfile.parse("ok==1.0\nrequests>=2\n")
