@@ -161,21 +161,27 @@ def _bootstrap_uv(py: Path, entries: list[lockfile.Entry], env: dict) -> None:
 
 
 def install_torch_cpu(py: Path, torch: lockfile.Entry, installer: str, env: dict) -> None:
-    """torch's CPU build, hash-checked: from a wheelhouse if one holds it (offline), else the index."""
+    """torch's CPU build, hash-checked: from a wheel folder if one holds it (offline), else from
+    the index; with uv, lastly through pip, which also reads pip's own configuration files."""
     if _installed_version(py, "torch") == torch.version:
         return
     links = find_links(env) + env.get("TORCH_FIND_LINKS", "").split()
     with _requirement_file(torch) as req:
         base = [*_pip(py, installer, "install"), "--no-deps", "--require-hashes", "-r", req]
+        attempts = []
         if links:  # a folder of wheels first, without the network: a room with bad wifi, or CI
-            offline = "--offline" if installer == "uv" else "--no-index"
-            if _run([*base, offline, *_flags("--find-links", links)], env, check=False, quiet=True).returncode == 0:
+            attempts.append([*base, "--offline" if installer == "uv" else "--no-index", *_flags("--find-links", links)])
+        attempts.append([*base, *torch_index_args(env), *_flags("--find-links", links)])
+        if installer == "uv":  # pip.conf (find-links, index, certificates) is pip's alone
+            attempts.append([*_pip(py, "pip", "install"), "--no-deps", "--require-hashes", "-r", req,
+                             *_flags("--extra-index-url", torch_index_args(env)[1:2])])
+        for cmd in attempts:
+            if _run(cmd, env, check=False, quiet=cmd is not attempts[-1]).returncode == 0:
                 return
-        source = env.get("TORCH_INDEX_URL", TORCH_CPU_INDEX)
-        _run([*base, *torch_index_args(env), *_flags("--find-links", links)], env,
-             fail=f"could not get torch=={torch.version} from {source or 'the find-links folders'}: check the "
-                  "network, set TORCH_INDEX_URL to a mirror of PyTorch's CPU index (README: mirrors), or put "
-                  "the wheel in a folder and set PIP_FIND_LINKS to that folder")
+    source = env.get("TORCH_INDEX_URL", TORCH_CPU_INDEX) or "the find-links folders"
+    raise SetupError(f"could not get torch=={torch.version} from {source}: check the network, set TORCH_INDEX_URL "
+                     "to a mirror of PyTorch's CPU index (README: mirrors), or put the wheel in a folder and set "
+                     "PIP_FIND_LINKS to that folder")
 
 
 def torch_index_args(env: dict) -> list[str]:

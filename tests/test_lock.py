@@ -135,7 +135,8 @@ def test_torch_that_is_nowhere_fails_with_the_settings_to_change(tmp_path):
     subprocess.run([UV, "venv", "--quiet", "--python", sys.executable, str(scratch)], check=True)
     (scratch / "bin" / "uv").symlink_to(UV)  # where set-up puts the locked uv
     (tmp_path / "wheels").mkdir()
-    env = {**os.environ, "PIP_FIND_LINKS": str(tmp_path / "wheels"), "TORCH_INDEX_URL": f"http://127.0.0.1:{free_port()}"}
+    env = {**os.environ, "PIP_FIND_LINKS": str(tmp_path / "wheels"), "TORCH_INDEX_URL": f"http://127.0.0.1:{free_port()}",
+           "PIP_CONFIG_FILE": os.devnull}
     env.pop("UV_FIND_LINKS", None)
     torch = lockfile.find(entries("cpu.txt"), "torch")
     with pytest.raises(setup_env.SetupError, match="TORCH_INDEX_URL.*PIP_FIND_LINKS"):
