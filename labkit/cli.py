@@ -112,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     st = ssub.add_parser("status", help="state of the deployed apps")
     st.set_defaults(func=_serve_status)
     dn = ssub.add_parser("down", help="delete the apps and stop Serve")
-    dn.add_argument("--stop-ray", action="store_true", help="also stop the local Ray head (`ray stop`)")
+    dn.add_argument("--stop-ray", action="store_true", help="also stop the Ray head `serve up` started (only that one)")
     dn.set_defaults(func=_serve_down)
     sb = ssub.add_parser("bench", help="load-test the chat route on this machine (bounded, loopback only)")
     sb.add_argument("--url", default="http://127.0.0.1:8000")
@@ -322,10 +322,16 @@ def _serve_up(args) -> int:
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"labkit: warning: serving on {settings.host}: anyone who can reach this port can use the models. "
               f"Put an authenticating proxy in front (see README).", file=sys.stderr)
-    if not ray_runtime.head_running():
-        print("starting a local Ray head (stop it with `labkit serve down --stop-ray`)")
-        ray_runtime.start_head()
-    url = serve.deploy(settings, address="auto")
+    state = ray_runtime.head_state()
+    if state.stale:
+        ray_runtime.forget_stale_head()
+        print(f"the Ray head recorded at {state.address} does not answer (killed or crashed?); starting a fresh one")
+    if state.alive:
+        address = state.address
+    else:
+        print("starting a local Ray head (stop it with `labkit serve down --stop-ray`)", flush=True)
+        address = ray_runtime.start_head()
+    url = serve.deploy(settings, address=address)
     print(json.dumps(serve.status(), indent=2))
     print(f"serving at {url}  (try: curl {url}/v1/chat/completions -H 'Content-Type: application/json' "
           """-d '{"messages": [{"role": "user", "content": "Hello"}]}')""")
@@ -347,10 +353,12 @@ def _serve_config(args) -> int:
 def _serve_status(args) -> int:
     from labkit import ray_runtime, serve
 
-    if not ray_runtime.head_running():
-        print("no Ray head is running on this machine (start one with `labkit serve up`)")
+    state = ray_runtime.head_state()
+    if not state.alive:
+        gone = f" (the one recorded at {state.address} does not answer)" if state.stale else ""
+        print(f"no Ray head is running on this machine{gone}; start one with `labkit serve up`")
         return 1
-    ray_runtime.init_ray(address="auto")
+    ray_runtime.init_ray(address=state.address)
     print(json.dumps(serve.status(), indent=2))
     return 0
 
@@ -358,13 +366,18 @@ def _serve_status(args) -> int:
 def _serve_down(args) -> int:
     from labkit import ray_runtime, serve
 
-    if ray_runtime.head_running():
-        ray_runtime.init_ray(address="auto")
+    state = ray_runtime.head_state()
+    if state.alive:
+        ray_runtime.init_ray(address=state.address)
         serve.shutdown()
         print("Serve stopped")
+    elif state.stale:
+        ray_runtime.forget_stale_head()
+        print(f"the Ray head recorded at {state.address} is gone (killed or crashed?); forgot it, nothing to stop")
+    else:
+        print("no Ray head is running on this machine; nothing to stop")
     if args.stop_ray:
-        ray_runtime.stop_head()
-        print("Ray stopped")
+        print(ray_runtime.stop_head())
     return 0
 
 

@@ -14,11 +14,16 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import platformdirs
+
 LOOPBACK = "127.0.0.1"
+# which head `labkit serve up` started (address and Ray session), so it can stop just that one
+_HEAD_RECORD = Path(platformdirs.user_state_dir("labkit")) / "ray_head.json"
 
 
 @dataclass(frozen=True)
@@ -89,24 +94,46 @@ def init_ray(*, address: str | None = None, num_cpus: int | None = None, num_gpu
                    auth_mode=mode, token_file=token if token.is_file() else None, started_here=started_here)
 
 
-def start_head(*, num_cpus: int | None = None, num_gpus: int | None = None) -> str:
+def start_head(*, num_cpus: int | None = None, num_gpus: int | None = None, port: int | None = None,
+               dashboard_port: int | None = None, timeout_s: float = 120) -> str:
     """Start a detached local head (``ray start --head``) on loopback, so that apps deployed to it
-    outlive the command that deployed them; returns its address. Stop it with ``stop_head``.
+    outlive the command that deployed them; returns its GCS address (``host:port``).
+
+    ``port`` and ``dashboard_port`` default to Ray's (6379 and 8265, where ``ray job submit``
+    looks); the job agent and client server get free ports, since a notebook's own cluster may
+    hold their fixed defaults. labkit records the head's Ray session, so ``stop_head`` ends this
+    head and nothing else.
     """
     import subprocess
     import sys
 
     ray_cli = str(Path(sys.executable).parent / "ray")
-    cmd = [ray_cli, "start", "--head", f"--dashboard-host={LOOPBACK}",
-           "--disable-usage-stats"]
+    cmd = [ray_cli, "start", "--head", f"--dashboard-host={LOOPBACK}", "--disable-usage-stats",
+           f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}"]
+    if port is not None:
+        cmd.append(f"--port={port}")
+    if dashboard_port is not None:
+        cmd.append(f"--dashboard-port={dashboard_port}")
     if num_cpus is not None:
         cmd.append(f"--num-cpus={num_cpus}")
     if num_gpus is not None:
         cmd.append(f"--num-gpus={num_gpus}")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "RAY_AUTH_MODE": configure_auth()})
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
+                              env={**os.environ, "RAY_AUTH_MODE": configure_auth()})
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"`ray start --head` did not finish in {timeout_s:.0f}s; `labkit doctor` checks Ray "
+                           "on this machine") from None
     if proc.returncode != 0:
         raise RuntimeError(f"`ray start --head` failed:\n{proc.stdout[-1500:]}{proc.stderr[-1500:]}")
-    return "auto"
+    state = head_state()
+    if not state.alive:
+        raise RuntimeError(f"`ray start --head` finished but no head answers at {state.address}; "
+                           "`labkit doctor` checks Ray on this machine")
+    session = _latest_session()
+    _HEAD_RECORD.parent.mkdir(parents=True, exist_ok=True)
+    _HEAD_RECORD.write_text(json.dumps({"address": state.address, "session": session}))
+    return str(state.address)
 
 
 def free_port() -> int:
@@ -201,19 +228,103 @@ class LocalHead:
         self.stop()
 
 
-def head_running() -> bool:
-    """Whether a ``ray start`` cluster is running on this machine (a notebook's own cluster does not count)."""
+@dataclass(frozen=True)
+class HeadState:
+    """The ``ray start`` head recorded on this machine: its address (``None``: none recorded) and
+    whether it answers. ``stale`` is a record of a head that is gone (killed, crashed)."""
+
+    address: str | None
+    alive: bool
+
+    @property
+    def stale(self) -> bool:
+        return self.address is not None and not self.alive
+
+
+def head_state(*, timeout_s: float = 2.0) -> HeadState:
+    """Which ``ray start`` head Ray would join (``address="auto"``), and whether it answers.
+
+    Ray trusts its record of the last head (``ray_current_cluster`` in its temp folder). After a
+    head is killed without ``ray stop`` (the OOM killer, a crash) the record stays, and joining it
+    retries the dead address for many minutes. A TCP connection to the head's port tells a live
+    head from a stale record in at most ``timeout_s``.
+    """
+    import socket
+
     from ray._private.services import find_bootstrap_address
 
-    return bool(find_bootstrap_address(None))
+    address = find_bootstrap_address(None)
+    if not address:
+        return HeadState(None, False)
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError):
+        return HeadState(address, False)
+    return HeadState(address, True)
 
 
-def stop_head() -> None:
-    """``ray stop``: stops every Ray process of this user on this machine."""
-    import subprocess
-    import sys
+def head_running() -> bool:
+    """Whether a ``ray start`` cluster runs and answers on this machine (a notebook's own cluster
+    does not count)."""
+    return head_state().alive
 
-    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop"], capture_output=True, text=True)
+
+def forget_stale_head() -> str | None:
+    """Remove Ray's record of a head that no longer answers (what ``ray stop`` would have done);
+    returns the dead address, or ``None`` when the record was fine or absent."""
+    state = head_state()
+    if not state.stale:
+        return None
+    from ray._common.utils import reset_ray_address
+
+    reset_ray_address()
+    if _HEAD_RECORD.is_file() and json.loads(_HEAD_RECORD.read_text()).get("address") == state.address:
+        _HEAD_RECORD.unlink()
+    return state.address
+
+
+def stop_head(*, timeout_s: float = 15.0) -> str:
+    """Stop the head that ``start_head`` (``labkit serve up``) started, by its Ray session: its
+    processes get SIGTERM, then SIGKILL after ``timeout_s``. Other Ray clusters of the user (a
+    notebook's, a head started by hand) keep running, unlike with ``ray stop``. Returns what it did.
+    """
+    import psutil
+
+    if not _HEAD_RECORD.is_file():
+        return "no Ray head started by labkit is recorded; nothing stopped"
+    record = json.loads(_HEAD_RECORD.read_text())
+    session = record.get("session")
+    procs = []
+    for proc in psutil.process_iter(["cmdline"]) if session else ():
+        try:
+            if any(session in arg for arg in proc.info["cmdline"] or ()):
+                procs.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+    for proc in alive:  # an idle head has nothing to save; do not wait on a slow shutdown
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    _HEAD_RECORD.unlink(missing_ok=True)
+    forget_stale_head()
+    return f"stopped the Ray head at {record.get('address')} ({len(procs)} processes of {session})"
+
+
+def _latest_session() -> str | None:
+    """The session name (``session_<date>_<pid>``) of the newest head in Ray's temp folder."""
+    from ray._common.utils import get_default_ray_temp_dir
+
+    latest = Path(get_default_ray_temp_dir()) / "session_latest"
+    return latest.resolve().name if latest.exists() else None
 
 
 def shutdown_ray() -> None:

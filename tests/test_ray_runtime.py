@@ -38,3 +38,52 @@ def test_a_client_joins_a_token_protected_cluster_through_labkit(token_head):
     refused = _client(f"import ray\nray.init(address={token_head!r})\n", auth_mode="disabled")
     assert refused.returncode != 0
     assert "token" in refused.stderr.lower()
+
+
+@pytest.fixture
+def own_ray_tmp(tmp_path):
+    """Ray's temp folder and labkit's state folder for this test only (short: Ray's socket paths)."""
+    import shutil
+    import tempfile
+
+    ray_tmp = tempfile.mkdtemp(prefix="lkt")
+    yield {"RAY_TMPDIR": ray_tmp, "XDG_STATE_HOME": str(tmp_path / "state")}
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_a_killed_heads_record_is_noticed_not_waited_on(own_ray_tmp):
+    """Ray's record names a head that is gone (as after the OOM killer): status and down say so."""
+    from pathlib import Path
+
+    from conftest import free_port, run_cli
+
+    record = Path(own_ray_tmp["RAY_TMPDIR"]) / "ray" / "ray_current_cluster"
+    record.parent.mkdir(parents=True)
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+    record.write_text(dead)
+    status = run_cli("serve", "status", env=own_ray_tmp, timeout=60)  # a hang fails the test
+    assert status.returncode == 1 and f"the one recorded at {dead} does not answer" in status.stdout
+    down = run_cli("serve", "down", "--stop-ray", env=own_ray_tmp, timeout=60)
+    assert down.returncode == 0, down.stderr[-2000:]
+    assert f"recorded at {dead} is gone" in down.stdout and "no Ray head started by labkit" in down.stdout
+    assert not record.exists(), "the stale record is forgotten"
+
+
+def test_stop_head_ends_the_head_it_started_and_no_other(own_ray_tmp, monkeypatch):
+    from conftest import free_port, ray_head
+
+    from labkit import ray_runtime
+
+    for key, value in own_ray_tmp.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(ray_runtime, "_HEAD_RECORD", ray_runtime.Path(own_ray_tmp["XDG_STATE_HOME"]) / "head.json")
+    with ray_head(num_cpus=1) as (other, _):
+        address = ray_runtime.start_head(num_cpus=1, port=free_port(), dashboard_port=free_port())
+        assert ray_runtime.head_state() == ray_runtime.HeadState(address, True)
+        message = ray_runtime.stop_head()
+        assert f"stopped the Ray head at {address}" in message and " 0 processes" not in message
+        assert ray_runtime.head_state().address is None, "stopped heads leave no record behind"
+        host, port = other.rsplit(":", 1)
+        import socket
+
+        socket.create_connection((host, int(port)), timeout=5).close()  # the other head still answers
