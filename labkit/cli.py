@@ -78,8 +78,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--output", type=Path, default=Path("runs/shapes-t2i-tiny"))
     t.add_argument("--seed", type=int, default=0)
     for option, default in [("train-images", None), ("vae-steps", None), ("unet-steps", None),
-                            ("batch-size", None)]:
+                            ("batch-size", None), ("restart-steps", None)]:
         t.add_argument(f"--{option}", type=int, default=default, help="default: the shipped recipe")
+    t.add_argument("--unet-lr", type=float, help="default: the shipped recipe")
+    t.add_argument("--init-from", help="continue from a saved model folder (keeps its VAE: --vae-steps 0)")
     t.set_defaults(func=_train_t2i)
 
     b = sub.add_parser("batch", help="offline batch inference with Ray Data: prompts file in, Parquet out")
@@ -265,7 +267,9 @@ def _train_t2i(args) -> int:
     from labkit.t2i import train_t2i
 
     overrides = {k: v for k, v in {"train_images": args.train_images, "vae_steps": args.vae_steps,
-                                   "unet_steps": args.unet_steps, "batch_size": args.batch_size}.items()
+                                   "unet_steps": args.unet_steps, "batch_size": args.batch_size,
+                                   "unet_lr": args.unet_lr, "init_from": args.init_from,
+                                   "restart_steps": args.restart_steps}.items()
                  if v is not None}
     record = train_t2i(args.output, seed=args.seed, **overrides)
     print(f"saved {args.output} in {record['train_seconds']:.0f}s; final losses {record['final_loss']}")

@@ -34,9 +34,11 @@ SCHEDULERS = {
 }
 
 
-def load_image_pipeline(profile: str | None = None, *, device: str | None = None, dtype: str | None = None,
-                        scheduler: str | None = None, attention_slicing: bool = False, vae_tiling: bool = False):
-    """Load the profile's text-to-image pipeline from the model store (pull it first).
+def load_image_pipeline(profile: str | None = None, *, model: str | None = None, device: str | None = None,
+                        dtype: str | None = None, scheduler: str | None = None, attention_slicing: bool = False,
+                        vae_tiling: bool = False):
+    """Load the profile's text-to-image pipeline (or the catalogue's ``model``) from the model
+    store (pull it first).
 
     GPU: fp16, the precision SD-family checkpoints ship in. CPU: fp32, since these small
     convolutional models gain little from bf16 on CPUs. ``attention_slicing`` and ``vae_tiling``
@@ -44,7 +46,10 @@ def load_image_pipeline(profile: str | None = None, *, device: str | None = None
     """
     from diffusers import DiffusionPipeline
 
-    spec = profiles.model_for("image", profile)
+    spec = profiles.model_for("image", profile) if model is None else profiles.CATALOGUE.get(model)
+    if spec is None or spec.task != "image":
+        names = sorted(n for n, s in profiles.CATALOGUE.items() if s.task == "image")
+        raise ValueError(f"{model!r} is not an image model of the catalogue; use one of {', '.join(names)}")
     path = store.model_path(spec.name)
     placement = profiles.pick_device_dtype(device, dtype or _default_dtype(device))
     variant = "fp16" if any(path.glob("*/*.fp16.safetensors")) else None

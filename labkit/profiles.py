@@ -85,6 +85,16 @@ CATALOGUE: dict[str, ModelSpec] = {
             sampling=(20, 4.0),
         ),
         ModelSpec(
+            name="shapes-t2i-template-only",
+            task="image",
+            repo_id=None,
+            license="Apache-2.0",
+            approx_mb=7,
+            # the previous shapes-t2i-tiny, trained on one caption template: lab 02's "before"
+            bundled="weights/shapes-t2i-template-only",
+            sampling=(20, 4.0),
+        ),
+        ModelSpec(
             name="sd-turbo",
             task="image",
             repo_id="stabilityai/sd-turbo",

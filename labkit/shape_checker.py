@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from labkit.shapes import COLOURS, SHAPES, draw_shape
+from labkit.shapes import BACKGROUNDS, COLOURS, SHAPES, draw_shape
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class Judgement:
     shape: str | None
     shape_iou: float
     area: int  # pixels in the shape's region
+    background: str | None = None  # nearest of the dataset's backgrounds, read from the border
 
     def __repr__(self) -> str:  # short, and stable enough for doctests
         return f"Judgement(colour={self.colour!r}, shape={self.shape!r}, shape_iou=..., area=...)"
@@ -43,16 +44,17 @@ def judge(image: Image.Image, *, min_area: int = 12, threshold: float = 60.0) ->
     foreground = np.linalg.norm(rgb - background, axis=-1) > threshold
     region = _largest_component(foreground)
     area = int(region.sum())
+    named_background = _nearest(background, BACKGROUNDS)
     if area < min_area:
-        return Judgement(None, None, 0.0, area)
-    colour = _nearest_colour(np.median(rgb[region], axis=0))
+        return Judgement(None, None, 0.0, area, named_background)
+    colour = _nearest(np.median(rgb[region], axis=0), COLOURS)
     shape, iou = _best_outline(region)
-    return Judgement(colour, shape, iou, area)
+    return Judgement(colour, shape, iou, area, named_background)
 
 
-def _nearest_colour(rgb: np.ndarray) -> str:
-    names = list(COLOURS)
-    palette = np.array([COLOURS[n][0] for n in names], dtype=np.float32)
+def _nearest(rgb: np.ndarray, palette_table: dict) -> str:
+    names = list(palette_table)
+    palette = np.array([palette_table[n][0] for n in names], dtype=np.float32)
     return names[int(np.argmin(np.linalg.norm(palette - rgb, axis=1)))]
 
 
@@ -98,22 +100,28 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def score(images: list[Image.Image], colours: list[str], shapes: list[str]) -> dict:
-    """Colour and shape accuracy of images against what their prompts asked for."""
+def score(images: list[Image.Image], colours: list[str | None], shapes: list[str | None]) -> dict:
+    """Colour and shape accuracy of images against what their prompts asked for.
+
+    A prompt that does not name a colour (``None``) is left out of the colour accuracy, and
+    likewise for shape, so "a red circle" and "something red" score what they ask for.
+    """
     if not (len(images) == len(colours) == len(shapes)) or not images:
         raise ValueError("score needs equally long, non-empty lists of images, colours and shapes")
     verdicts = [judge(img) for img in images]
-    colour_ok = [v.colour == c for v, c in zip(verdicts, colours, strict=True)]
-    shape_ok = [v.shape == s for v, s in zip(verdicts, shapes, strict=True)]
-    return {"n": len(images), "colour_accuracy": float(np.mean(colour_ok)),
-            "shape_accuracy": float(np.mean(shape_ok)), "verdicts": verdicts}
+    colour_ok = [v.colour == c for v, c in zip(verdicts, colours, strict=True) if c is not None]
+    shape_ok = [v.shape == s for v, s in zip(verdicts, shapes, strict=True) if s is not None]
+    return {"n": len(images), "colour_accuracy": float(np.mean(colour_ok)) if colour_ok else float("nan"),
+            "shape_accuracy": float(np.mean(shape_ok)) if shape_ok else float("nan"), "verdicts": verdicts}
 
 
 def prompt_set(n: int = 200, *, seed: int = 1234) -> list[dict]:
-    """``n`` prompts that cycle through every (colour, shape) pair, half English and half Chinese.
+    """``n`` prompts in the training template that cycle through every (colour, shape) pair, half
+    English and half Chinese.
 
     Size, position and background vary with a seeded generator; the seed differs from the
-    training data's so the exact captions are not simply memorised ones.
+    training data's so the exact captions are not simply memorised ones. For phrasings the model
+    never saw, use :func:`heldout_prompts`.
     """
     import random
 
@@ -127,28 +135,61 @@ def prompt_set(n: int = 200, *, seed: int = 1234) -> list[dict]:
         spec = ShapeSpec(shapes[(i // len(colours)) % len(shapes)], colours[i % len(colours)],
                          rng.choice(list(SIZES)), rng.choice(list(POSITIONS)), rng.choice(list(BACKGROUNDS)))
         lang = "en" if (i // pairs) % 2 == 0 else "zh"
-        rows.append({"prompt": spec.caption(lang), "colour": spec.colour, "shape": spec.shape, "lang": lang})
+        rows.append({"prompt": spec.caption(lang), "colour": spec.colour, "shape": spec.shape, "lang": lang,
+                     "kind": "template", "background": spec.background})
     return rows
 
 
-def evaluate_prompt_following(pipe, n: int = 200, *, steps: int = 20, guidance: float = 4.0,
-                              batch_size: int = 16, progress: bool = True) -> dict:
-    """Generate one image per prompt of ``prompt_set(n)`` and score them (overall and per language)."""
+def heldout_prompts() -> list[dict]:
+    """The hand-written prompts of ``datasets/shapes_prompts``: partial, reordered, synonyms,
+    filler words, typos, in English and Chinese, each with the attributes it asks for (``None``
+    where it leaves one out). Written apart from the caption generator; see its datasheet."""
+    from labkit.data import read_prompts
+
+    return read_prompts("shapes_prompts")
+
+
+def evaluate_prompt_following(pipe, n: int = 200, *, rows: list[dict] | None = None, images_per_prompt: int = 1,
+                              steps: int = 20, guidance: float = 4.0, batch_size: int = 16,
+                              progress: bool = True) -> dict:
+    """Generate images for ``rows`` (default: ``prompt_set(n)``) and score them.
+
+    Returns overall accuracies, the same per language and per ``kind`` of prompt, and
+    ``backgrounds_unasked``: how often each background was drawn for prompts that name none
+    (a model that follows only what it is told should spread these across all three).
+    """
+    from collections import Counter
+
     from labkit.diffusion import generate
 
-    rows = prompt_set(n)
+    rows = prompt_set(n) if rows is None else rows
+    jobs = [(row, seed) for seed in range(images_per_prompt) for row in rows]
     images = []
-    for start in range(0, n, batch_size):
-        chunk = rows[start:start + batch_size]  # one batch; its prompts share the starting noise
-        images += generate(pipe, [r["prompt"] for r in chunk], seed=start, steps=steps, guidance=guidance,
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start:start + batch_size]  # one batch; its prompts share the starting noise
+        images += generate(pipe, [row["prompt"] for row, _ in chunk], seed=start, steps=steps, guidance=guidance,
                            batch_size=batch_size, progress=False)
         if progress:
-            print(f"  scored prompts: {min(start + batch_size, n)}/{n}", end="\r", flush=True)
-    result = score(images, [r["colour"] for r in rows], [r["shape"] for r in rows])
-    for lang in ("en", "zh"):
-        idx = [i for i, r in enumerate(rows) if r["lang"] == lang]
-        part = score([images[i] for i in idx], [rows[i]["colour"] for i in idx], [rows[i]["shape"] for i in idx])
-        result[lang] = {k: part[k] for k in ("n", "colour_accuracy", "shape_accuracy")}
+            print(f"  scored images: {min(start + batch_size, len(jobs))}/{len(jobs)}", end="\r", flush=True)
+
+    def part(keep) -> dict:
+        idx = [i for i, (row, _) in enumerate(jobs) if keep(row)]
+        out = score([images[i] for i in idx], [jobs[i][0].get("colour") for i in idx],
+                    [jobs[i][0].get("shape") for i in idx])
+        out["verdicts_index"] = idx
+        return out
+
+    result = part(lambda row: True)
+    for key in ("lang", "kind"):
+        for value in sorted({row.get(key) for row in rows if row.get(key)}):
+            p = part(lambda row, key=key, value=value: row.get(key) == value)
+            result.setdefault(f"by_{key}", {})[value] = {k: p[k] for k in ("n", "colour_accuracy", "shape_accuracy")}
+    result.pop("verdicts_index")
+    for lang in result.get("by_lang", {}):  # kept as top-level keys too (older callers read result["en"])
+        result[lang] = result["by_lang"][lang]
+    unasked = Counter(v.background for (row, _), v in zip(jobs, result["verdicts"], strict=True)
+                      if row.get("background") is None and v.background)
+    result["backgrounds_unasked"] = dict(unasked)
     result["images"] = images
-    result["rows"] = rows
+    result["rows"] = [row for row, _ in jobs]
     return result

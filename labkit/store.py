@@ -173,7 +173,7 @@ def _pull_one(spec: ModelSpec, *, force: bool, source: str, progress: bool) -> P
     root.mkdir(parents=True, exist_ok=True)
     final = root / spec.name
     with _locked(root / f".{spec.name}.lock"):
-        if (final / MANIFEST).is_file() and not force:
+        if (final / MANIFEST).is_file() and not force and not _bundled_source_changed(spec, final):
             return final
         # We hold the lock, so any staging or trash folder left here belongs to a pull that died.
         for stale in [*root.glob(f".staging-{spec.name}-*"), *root.glob(f".trash-{spec.name}-*")]:
@@ -237,6 +237,21 @@ def _fetch_from_hub(spec: ModelSpec, dest: Path, *, local_only: bool, progress: 
         if rel in expected and sha256_file(dest / rel) != expected[rel]:
             raise PullError(f"{rel} from {hub_endpoint()} does not match the hub's sha256")
     return {"kind": "hub", "endpoint": hub_endpoint(), "repo_id": spec.repo_id, "revision": spec.revision}
+
+
+def _bundled_source_changed(spec: ModelSpec, pulled: Path) -> bool:
+    """Whether the kit now ships other files for a bundled model than the store holds (after a
+    ``git pull`` brought a retrained checkpoint): then the store's copy is replaced."""
+    if not spec.bundled:
+        return False
+    src = Path(__file__).resolve().parent / spec.bundled
+    recorded = json.loads((pulled / MANIFEST).read_text())["files"]
+    shipped = {p.relative_to(src).as_posix(): p for p in src.rglob("*") if p.is_file()}
+    if not shipped:
+        return False  # nothing shipped to compare with; keep the copy we have
+    return set(shipped) != set(recorded) or any(
+        path.stat().st_size != recorded[rel]["size"] or sha256_file(path) != recorded[rel]["sha256"]
+        for rel, path in shipped.items())
 
 
 def _copy_bundled(spec: ModelSpec, dest: Path, *, progress: bool) -> dict:

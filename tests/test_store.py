@@ -168,3 +168,15 @@ def test_bundled_model_is_copied_with_checksums(isolated_home):
     assert manifest["source"] == {"kind": "bundled", "path": "labkit/weights/shapes-t2i-tiny"}
     assert "model_index.json" in manifest["files"] and (path / "unet").is_dir()
     assert store.verify("shapes-t2i-tiny", progress=False).ok
+
+
+def test_a_retrained_bundled_model_replaces_the_stores_older_copy(isolated_home):
+    """After `git pull` brings a new shipped checkpoint, pulling again gives the new one."""
+    path = store.pull("shapes-t2i-tiny", progress=False)[0]
+    manifest = json.loads((path / store.MANIFEST).read_text())
+    manifest["files"]["unet/diffusion_pytorch_model.safetensors"]["sha256"] = "0" * 64  # an older checkpoint
+    (path / store.MANIFEST).write_text(json.dumps(manifest))
+    (path / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"older weights")
+    path = store.pull("shapes-t2i-tiny", progress=False)[0]
+    assert store.verify("shapes-t2i-tiny", progress=False).ok
+    assert (path / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size > 1_000_000
