@@ -184,9 +184,10 @@ def model_card(record: dict) -> str:
     base = record.get("init_from_record")
     if base:  # a continued run: say what it continued
         stages = (f"VAE {base['config']['vae_steps']:,} steps, text encoder + UNet "
-                  f"{base['config']['unet_steps']:,} steps (seed {base['config']['seed']}), then "
+                  f"{base['config']['unet_steps']:,} steps, then "
                   f"{cfg['unet_steps']:,} more UNet steps at learning rate {cfg['unet_lr']:g}")
     seconds = record["train_seconds"] + (base["train_seconds"] if base else 0)
+    seeds = f"seed {base['config']['seed']} then {cfg['seed']}" if base else f"seed {cfg['seed']}"
     return f"""---
 license: apache-2.0
 library_name: diffusers
@@ -217,7 +218,7 @@ Made for {SAMPLING["num_inference_steps"]} DPM-Solver++ steps (the saved schedul
 Prompt-following figures, on prompts written apart from the training captions, are in labkit's
 `docs/benchmarks.md`.
 
-Training: seed {cfg["seed"]}, {cfg["train_images"]:,} images, {stages}, batch {cfg["batch_size"]}; captions from
+Training: {seeds}, {cfg["train_images"]:,} images, {stages}, batch {cfg["batch_size"]}; captions from
 `labkit.shape_captions` ({cfg["template_prob"]:.0%} in the full template, {cfg["uncond_prob"]:.0%}
 dropped for classifier-free guidance, {cfg["zh_prob"]:.0%} Chinese). {seconds:.0f} s in all on
 the machine that made it (torch {record["torch"]}).
