@@ -148,7 +148,7 @@ def free_port() -> int:
 class LocalHead:
     """A real Ray head (``ray start --head --block``) with the jobs API on loopback, owned by us.
 
-    It runs in its own process group and ``stop()`` ends only that group, unlike ``ray stop``,
+    It runs in its own process group and ``stop()`` ends only that group, unlike Ray's own stop command,
     which ends every Ray process of the user (a notebook's cluster included). Token auth is on.
 
     Example:
@@ -245,7 +245,7 @@ def head_state(*, timeout_s: float = 2.0) -> HeadState:
     """Which ``ray start`` head Ray would join (``address="auto"``), and whether it answers.
 
     Ray trusts its record of the last head (``ray_current_cluster`` in its temp folder). After a
-    head is killed without ``ray stop`` (the OOM killer, a crash) the record stays, and joining it
+    head is killed without a clean stop (the OOM killer, a crash) the record stays, and joining it
     retries the dead address for many minutes. A TCP connection to the head's port tells a live
     head from a stale record in at most ``timeout_s``.
     """
@@ -271,7 +271,7 @@ def head_running() -> bool:
 
 
 def forget_stale_head() -> str | None:
-    """Remove Ray's record of a head that no longer answers (what ``ray stop`` would have done);
+    """Remove Ray's record of a head that no longer answers (what a clean stop would have done);
     returns the dead address, or ``None`` when the record was fine or absent."""
     state = head_state()
     if not state.stale:
@@ -287,7 +287,7 @@ def forget_stale_head() -> str | None:
 def stop_head(*, timeout_s: float = 15.0) -> str:
     """Stop the head that ``start_head`` (``labkit serve up``) started, by its Ray session: its
     processes get SIGTERM, then SIGKILL after ``timeout_s``. Other Ray clusters of the user (a
-    notebook's, a head started by hand) keep running, unlike with ``ray stop``. Returns what it did.
+    notebook's, a head started by hand) keep running, unlike with Ray's own stop command. Returns what it did.
     """
     import psutil
 
