@@ -19,9 +19,11 @@ Example:
     >>> from labkit.shapes import ShapeSpec
     >>> from labkit.shape_captions import varied_caption
     >>> spec = ShapeSpec("circle", "red", "small", "left", "white")
-    >>> rng = random.Random(0)
-    >>> [varied_caption(spec, rng, "en") for _ in range(3)]  # doctest: +SKIP
-    ['a small red disc, white background', 'on the left, a red circle', 'red circle']
+    >>> rng = random.Random(1)
+    >>> [varied_caption(spec, rng, "en") for _ in range(2)]
+    ['a red disk on the left, with a white background', 'the small red object']
+    >>> varied_caption(spec, rng, "zh")
+    '一个红色圆形,左侧,白背景上'
 """
 
 from __future__ import annotations
@@ -103,8 +105,10 @@ def _english(spec: ShapeSpec, said: set[str], rng: random.Random) -> str:
         extras.append(rng.choice(EN_BACKGROUND).format(_pick(rng, EN, "background", spec)))
     rng.shuffle(extras)
     before = [e for e in extras if rng.random() < 0.25]  # "on a white background, a red circle"
-    after = [e for e in extras if e not in before]
-    text = " ".join(after and [phrase, ", ".join(after) if rng.random() < 0.3 else " ".join(after)] or [phrase])
+    after = [e for e in extras if e not in before]  # "a red circle on the left, on white"
+    text = phrase
+    if after:
+        text += " " + (", " if rng.random() < 0.3 else " ").join(after)
     if before:
         text = ", ".join(before) + ", " + text
     return text

@@ -174,19 +174,14 @@ def evaluate_prompt_following(pipe, n: int = 200, *, rows: list[dict] | None = N
 
     def part(keep) -> dict:
         idx = [i for i, (row, _) in enumerate(jobs) if keep(row)]
-        out = score([images[i] for i in idx], [jobs[i][0].get("colour") for i in idx],
-                    [jobs[i][0].get("shape") for i in idx])
-        out["verdicts_index"] = idx
-        return out
+        return score([images[i] for i in idx], [jobs[i][0].get("colour") for i in idx],
+                     [jobs[i][0].get("shape") for i in idx])
 
     result = part(lambda row: True)
     for key in ("lang", "kind"):
         for value in sorted({row.get(key) for row in rows if row.get(key)}):
             p = part(lambda row, key=key, value=value: row.get(key) == value)
             result.setdefault(f"by_{key}", {})[value] = {k: p[k] for k in ("n", "colour_accuracy", "shape_accuracy")}
-    result.pop("verdicts_index")
-    for lang in result.get("by_lang", {}):  # kept as top-level keys too (older callers read result["en"])
-        result[lang] = result["by_lang"][lang]
     unasked = Counter(v.background for (row, _), v in zip(jobs, result["verdicts"], strict=True)
                       if row.get("background") is None and v.background)
     result["backgrounds_unasked"] = dict(unasked)

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from labkit.shape_captions import caption_vocabulary, varied_caption
-from labkit.shapes import IMAGE_SIZE, ShapesDataset, ShapeSpec
+from labkit.shapes import IMAGE_SIZE, ShapesDataset, ShapeSpec, render
 from labkit.store import swap_into_place
 
 MAX_TOKENS = 64  # room for filler words the tokenizer splits into bytes ("please draw", "帮我画")
@@ -152,9 +152,8 @@ def _training_set(cfg: TrainConfig, progress: bool) -> tuple[torch.Tensor, list[
     images = np.empty((cfg.train_images, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     specs = []
     for i in tqdm(range(cfg.train_images), desc="render shapes", disable=not progress):
-        spec = ds.spec(i)
-        images[i] = np.asarray(ds[i]["image"])
-        specs.append(spec)
+        specs.append(ds.spec(i))
+        images[i] = np.asarray(render(specs[-1], IMAGE_SIZE))
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     return pixels, specs
 
