@@ -106,10 +106,13 @@ def start_head(*, num_cpus: int | None = None, num_gpus: int | None = None, port
     """
     import subprocess
     import sys
+    import time
 
+    deadline = time.monotonic() + timeout_s
     ray_cli = str(Path(sys.executable).parent / "ray")
+    agent_port, client_port = free_port(), free_port()
     cmd = [ray_cli, "start", "--head", f"--dashboard-host={LOOPBACK}", "--disable-usage-stats",
-           f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}"]
+           f"--dashboard-agent-listen-port={agent_port}", f"--ray-client-server-port={client_port}"]
     if port is not None:
         cmd.append(f"--port={port}")
     if dashboard_port is not None:
@@ -127,8 +130,8 @@ def start_head(*, num_cpus: int | None = None, num_gpus: int | None = None, port
     if proc.returncode != 0:
         raise RuntimeError(f"`ray start --head` failed:\n{proc.stdout[-1500:]}{proc.stderr[-1500:]}")
     state = head_state()
-    if not state.alive:
-        raise RuntimeError(f"`ray start --head` finished but no head answers at {state.address}; "
+    if not state.alive or not _wait_until_listening([agent_port, client_port], deadline=deadline):
+        raise RuntimeError(f"`ray start --head` finished but the head at {state.address} did not come up; "
                            "`labkit doctor` checks Ray on this machine")
     session = _latest_session()
     _HEAD_RECORD.parent.mkdir(parents=True, exist_ok=True)
@@ -136,13 +139,62 @@ def start_head(*, num_cpus: int | None = None, num_gpus: int | None = None, port
     return str(state.address)
 
 
+def _wait_until_listening(ports: list[int], *, deadline: float, still_starting=lambda: True) -> bool:
+    """Whether every port listens (on loopback or this node's address) before ``deadline``.
+
+    A head's GCS answers in seconds, but its raylet starts the agents (and binds their ports) up to
+    half a minute later on a busy laptop; a head started in between could take those ports and
+    crash this one's raylet, so a head counts as up only when all the ports it was given listen.
+    """
+    import socket
+    import time
+
+    from ray.util import get_node_ip_address
+
+    hosts = dict.fromkeys([LOOPBACK, get_node_ip_address()])
+    waiting_for = list(ports)
+    while waiting_for:
+        for host in hosts:
+            try:
+                socket.create_connection((host, waiting_for[0]), timeout=1).close()
+                waiting_for.pop(0)
+                break
+            except OSError:
+                continue
+        else:
+            if not still_starting() or time.monotonic() > deadline:
+                return False
+            time.sleep(0.5)
+    return True
+
+
+def _log_tails(folder: Path, names: tuple[str, ...], lines: int = 15) -> str:
+    """The last lines of some of a head's logs, for an error message ("" when there are none)."""
+    out = []
+    for name in names:
+        path = folder / name
+        if path.is_file():
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+            out.append(f"\n--- {name} (last {len(tail)} lines) ---\n" + "\n".join(tail))
+    return "".join(out)
+
+
+_PORTS_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port nothing listens on right now on loopback (the OS picks it)."""
+    """A TCP port nothing listens on right now on loopback (the OS picks it), and one this process
+    has not handed out before: a head binds the ports it was given seconds after it starts, and the
+    OS would happily offer the same port again in between."""
     import socket
 
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
+    while True:
+        with socket.socket() as sock:
+            sock.bind((LOOPBACK, 0))
+            port = sock.getsockname()[1]
+        if port not in _PORTS_HANDED_OUT:
+            _PORTS_HANDED_OUT.add(port)
+            return port
 
 
 class LocalHead:
@@ -157,9 +209,8 @@ class LocalHead:
         http://127.0.0.1:40123
     """
 
-    def __init__(self, *, num_cpus: int = 1, dashboard: bool = True, timeout_s: float = 120):
+    def __init__(self, *, num_cpus: int = 1, dashboard: bool = True, timeout_s: float = 180):
         import shutil
-        import socket
         import subprocess
         import sys
         import tempfile
@@ -167,12 +218,12 @@ class LocalHead:
 
         # A short temp dir: Ray's unix socket paths live under it and must stay under ~107 characters.
         self._temp_dir = tempfile.mkdtemp(prefix="lkray")
-        port, dashboard_port = free_port(), free_port()
+        port, dashboard_port, agent_port, client_port = (free_port() for _ in range(4))
         # Ports with fixed defaults get free ones: another Ray on this machine (a notebook's
         # ray.init(), the test suite's cluster) already holds 52365 (the job agent) and 10001.
         cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}",
                f"--num-cpus={num_cpus}", "--disable-usage-stats", f"--temp-dir={self._temp_dir}",
-               f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}"]
+               f"--dashboard-agent-listen-port={agent_port}", f"--ray-client-server-port={client_port}"]
         cmd += ([f"--dashboard-port={dashboard_port}", f"--dashboard-host={LOOPBACK}", "--include-dashboard=true"]
                 if dashboard else ["--include-dashboard=false"])
         self._proc = subprocess.Popen(cmd, env={**os.environ, "RAY_AUTH_MODE": configure_auth()},
@@ -185,18 +236,15 @@ class LocalHead:
         # Ray resolves loopback to this node's address, where the GCS listens.
         self.address = f"{LOOPBACK}:{port}"
         self.dashboard_url = f"http://{LOOPBACK}:{dashboard_port}" if dashboard else None
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                socket.create_connection((LOOPBACK, dashboard_port if dashboard else port), timeout=1).close()
-                return
-            except OSError:
-                if self._proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    shutil.rmtree(self._temp_dir, ignore_errors=True)
-                    raise RuntimeError(f"`ray start --head` did not come up in {timeout_s:.0f}s; "
-                                       "`labkit doctor` checks Ray on this machine") from None
-                time.sleep(0.5)
+        ports = [port, agent_port, client_port] + ([dashboard_port] if dashboard else [])
+        if not _wait_until_listening(ports, deadline=time.monotonic() + timeout_s,
+                                     still_starting=lambda: self._proc.poll() is None):
+            exited = self._proc.poll()
+            logs = _log_tails(Path(self._temp_dir) / "session_latest" / "logs", ("raylet.out", "gcs_server.out"))
+            self.stop()
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
+            what = f"exited with code {exited}" if exited is not None else f"did not come up in {timeout_s:.0f}s"
+            raise RuntimeError(f"`ray start --head` {what}; `labkit doctor` checks Ray on this machine{logs}")
 
     def stop(self) -> None:
         """End this head and everything it started; other Ray clusters keep running."""
