@@ -1,0 +1,346 @@
+"""A continuous-batching engine: requests join and leave the running batch at every decode step.
+
+``@serve.batch`` collects the requests that arrive within a few milliseconds and runs them as one
+``generate``: the batch lasts as long as its longest reply, and whoever arrives meanwhile waits
+for all of it. This engine instead runs one *iteration* at a time (Orca's iteration-level
+scheduling): each iteration its policy (``labkit.scheduling``) picks which live requests run, new
+prompts are prefilled, every running request gets one new token, and finished ones leave at once.
+Keys and values live in a paged cache (``labkit.kv_blocks``), so memory goes to what requests use.
+
+Per request: its own sampling settings and its own ``torch.Generator`` (a seeded request samples
+the same reply whatever else runs beside it; nothing touches the global RNG), token-by-token
+output from the same loop, and ``cancel()`` (a client that hangs up frees its blocks at the next
+iteration). The queue is bounded: ``submit`` raises ``QueueFull`` rather than buffering without limit.
+
+Roles as in vLLM, each small: the engine loop (here), the scheduler (``labkit.scheduling``), the
+block manager and KV pool (``labkit.kv_blocks``), and the model's own forward as the worker.
+
+Example:
+    >>> from labkit.llm import load_chat_model
+    >>> lm = load_chat_model()                                          # doctest: +SKIP
+    >>> engine = Engine(lm.model, lm.tokenizer, max_batch=8)            # doctest: +SKIP
+    >>> engine.start()                                                  # doctest: +SKIP
+    >>> handle = engine.submit(lm.format_chat("What is Ray?"), SamplingParams(max_tokens=32))  # doctest: +SKIP
+    >>> "".join(handle)                                                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import queue
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from labkit.kv_blocks import BlockManager, PagedKVPool, register_paged_attention
+from labkit.scheduling import PREFILL_MODES, Scheduled, make_policy
+
+
+class QueueFull(RuntimeError):
+    """The engine's waiting queue is full: retry after ``retry_after_s`` (HTTP 429 + Retry-After)."""
+
+    def __init__(self, message: str, *, retry_after_s: float):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """One request's settings. ``temperature == 0`` is greedy; ``seed`` makes sampling repeatable;
+    ``min_tokens`` holds back the end-of-turn token that long (benchmarks use it for exact lengths)."""
+
+    max_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    min_tokens: int = 0
+
+
+@dataclass(eq=False)
+class Request:
+    """A request as the engine tracks it. Times are ``time.perf_counter()`` seconds."""
+
+    id: str
+    tokens: list[int]  # the prompt, then each generated token
+    prompt_tokens: int
+    params: SamplingParams
+    generator: torch.Generator
+    sched: Scheduled
+    computed: int = 0  # tokens whose keys and values are in the pool
+    arrived: float = field(default_factory=time.perf_counter)
+    token_times: list[float] = field(default_factory=list)
+    finish_reason: str | None = None  # "stop", "length", "cancelled"
+    outbox: queue.Queue = field(default_factory=queue.Queue)  # new token ids, then None at the end
+    done: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def generated(self) -> list[int]:
+        return self.tokens[self.prompt_tokens:]
+
+
+class RequestHandle:
+    """The caller's side of a request: iterate (once) for token ids as they come, or wait for them
+    all with ``result()``; ``cancel()`` to stop."""
+
+    def __init__(self, engine: Engine, request: Request):
+        self._engine, self.request = engine, request
+
+    @property
+    def id(self) -> str:
+        return self.request.id
+
+    def __iter__(self) -> Iterator[int]:
+        while (token := self.request.outbox.get()) is not None:
+            yield token
+
+    def result(self, timeout: float | None = None) -> list[int]:
+        """Wait for the whole reply; its token ids (end-of-turn included when it came)."""
+        if not self.request.done.wait(timeout):
+            raise TimeoutError(f"{self.id} did not finish in {timeout} s")
+        return list(self.request.generated)
+
+    def cancel(self) -> None:
+        self._engine.cancel(self.request.id)
+
+    @property
+    def ttft_s(self) -> float | None:
+        t = self.request.token_times
+        return t[0] - self.request.arrived if t else None
+
+
+class Engine:
+    """Continuous batching over a transformers causal LM (see the module docstring).
+
+    ``max_batch``: most requests decoding together. ``num_blocks`` x ``block_size``: the KV pool
+    (default: room for ``max_batch`` full contexts of ``max_context`` tokens). ``max_queue``: most
+    requests waiting to start. ``policy``: ``"fcfs"`` or ``"mlfq"``; ``prefill``: one of
+    ``labkit.scheduling.PREFILL_MODES``; ``chunk_tokens``: the prompt tokens per iteration in
+    ``"chunked"`` mode.
+    """
+
+    def __init__(self, model, tokenizer, *, max_batch: int = 16, block_size: int = 16,
+                 num_blocks: int | None = None, max_context: int = 1024, max_queue: int = 64,
+                 policy: str = "fcfs", policy_options: dict | None = None, prefill: str = "prefill-first",
+                 chunk_tokens: int = 64, prefill_tokens_per_step: int = 32):
+        if prefill not in PREFILL_MODES:
+            raise ValueError(f"unknown prefill mode {prefill!r}: use one of {', '.join(PREFILL_MODES)}")
+        self.model, self.tokenizer = model.eval(), tokenizer
+        if not hasattr(model, "set_attn_implementation"):
+            raise TypeError("the engine needs a transformers model (one with set_attn_implementation)")
+        model.set_attn_implementation(register_paged_attention())
+        self.device = next(model.parameters()).device
+        self.max_batch, self.max_queue, self.prefill, self.chunk_tokens = max_batch, max_queue, prefill, chunk_tokens
+        self.max_context = min(max_context, int(getattr(model.config, "max_position_embeddings", max_context)))
+        if num_blocks is None:
+            num_blocks = 1 + max_batch * -(-self.max_context // block_size)
+        self.blocks = BlockManager(num_blocks=num_blocks, block_size=block_size)
+        self.pool = PagedKVPool(model.config, num_blocks=num_blocks, block_size=block_size,
+                                dtype=next(model.parameters()).dtype, device=self.device)
+        self.policy = make_policy(policy, **(policy_options or {}))
+        self.prefill_tokens_per_step = prefill_tokens_per_step
+        eos = model.generation_config.eos_token_id
+        self.eos = set(eos if isinstance(eos, list) else [eos])
+        self.live: dict[str, Request] = {}
+        self.finished: deque[Request] = deque(maxlen=4096)  # the latest, for statistics
+        self.timeline: deque[dict] = deque(maxlen=100_000)  # one row per iteration, for the lab's plots
+        self._arrivals = 0
+        self._inbox: queue.Queue = queue.Queue()
+        self._cancelled: set[str] = set()
+        self._lock = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stop = False
+        self.error: BaseException | None = None
+
+    # --- the caller's side ----------------------------------------------------------------
+
+    def submit(self, prompt: str | list[int], params: SamplingParams = SamplingParams(), *,
+               request_id: str | None = None) -> RequestHandle:
+        """Queue a prompt (text, or token ids); raises ``QueueFull`` or ``ValueError`` (too long)."""
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"] if isinstance(prompt, str) else list(prompt)
+        if not ids:
+            raise ValueError("the prompt has no tokens")
+        if len(ids) + params.max_tokens > self.max_context:
+            raise ValueError(f"{len(ids)} prompt tokens + max_tokens {params.max_tokens} exceed this engine's "
+                             f"{self.max_context}-token context: shorten the prompt or ask for fewer tokens")
+        if self.blocks.blocks_for(len(ids) + params.max_tokens) > self.blocks.num_blocks - 1:
+            raise ValueError("this request needs more KV blocks than the whole pool: give the engine more blocks")
+        with self._lock:
+            waiting = self._inbox.qsize() + sum(1 for r in self.live.values() if not r.token_times)
+            if waiting >= self.max_queue:
+                raise QueueFull(f"{waiting} requests are already waiting (the limit is {self.max_queue}); "
+                                "retry shortly", retry_after_s=max(1.0, self._seconds_per_iteration() * 8))
+            self._arrivals += 1
+            rid = request_id or f"req-{self._arrivals}"
+            seed = params.seed if params.seed is not None else secrets.randbits(63)
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+            request = Request(rid, ids, len(ids), params, generator, Scheduled(rid, self._arrivals, len(ids)))
+            self._inbox.put(request)
+            self._lock.notify()
+        return RequestHandle(self, request)
+
+    def cancel(self, request_id: str) -> None:
+        """Stop a request at the next iteration and free its blocks (a client hung up)."""
+        with self._lock:
+            self._cancelled.add(request_id)
+            self._lock.notify()
+
+    def start(self) -> Engine:
+        """Run iterations on a background thread until ``stop()``."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="labkit-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stop = True
+            self._lock.notify()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def run_until_idle(self, *, max_iterations: int = 1_000_000) -> None:
+        """Run iterations on this thread until nothing is left (offline use, tests)."""
+        for _ in range(max_iterations):
+            if not self.step():
+                return
+
+    def _loop(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    while not self._stop and not self.live and self._inbox.empty():
+                        self._lock.wait()
+                    if self._stop:
+                        break
+                self.step()
+        except BaseException as exc:  # the engine died: every caller gets an end, not a hang
+            self.error = exc
+            for request in list(self.live.values()):
+                self._finish(request, "error")
+            raise
+
+    # --- one iteration ----------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def step(self) -> bool:
+        """One iteration: admit, rank, prefill and/or decode, emit. Returns whether work was left."""
+        while not self._inbox.empty():
+            request = self._inbox.get()
+            self.policy.admit(request.sched, prefill_tokens_per_step=self.prefill_tokens_per_step)
+            self.live[request.id] = request
+        with self._lock:
+            cancelled, self._cancelled = self._cancelled, set()
+        for rid in cancelled & self.live.keys():
+            self._finish(self.live[rid], "cancelled")
+        if not self.live:
+            return False
+        t0 = time.perf_counter()
+        chosen = self._choose()
+        decoding = [r for r in chosen if len(r.tokens) - r.computed == 1]
+        prefilling = [r for r in chosen if len(r.tokens) - r.computed > 1]
+        if self.prefill == "prefill-first" and prefilling:
+            decoding = []
+        elif self.prefill == "decode-first" and decoding:
+            prefilling = []
+        budget = self.chunk_tokens if self.prefill == "chunked" else None
+        new_tokens: dict[str, int] = {}
+        prefilled, ran = 0, [r.sched for r in decoding]
+        for request in prefilling:  # one forward per prompt: prompts differ in length
+            todo = len(request.tokens) - request.computed
+            n = todo if budget is None else min(todo, budget - prefilled)
+            if n <= 0:
+                break
+            logits = self._forward([request], [n])
+            prefilled += n
+            ran.append(request.sched)
+            if request.computed == len(request.tokens):
+                self._emit(request, self._sample(request, logits[0]))
+                new_tokens[request.id] = 1
+        if decoding:
+            logits = self._forward(decoding, [1] * len(decoding))
+            for request, row in zip(decoding, logits, strict=True):
+                self._emit(request, self._sample(request, row))
+                new_tokens[request.id] = 1
+        self.policy.after_iteration(ran, [r.sched for r in self.live.values() if r.sched not in ran], new_tokens)
+        self.timeline.append({"t": t0, "seconds": time.perf_counter() - t0, "decode_rows": len(decoding),
+                              "prefill_tokens": prefilled, "live": len(self.live), "blocks_used": self.blocks.used,
+                              "tokens_in_cache": sum(r.computed for r in self.live.values())})
+        return True
+
+    def _choose(self) -> list[Request]:
+        """The policy's top requests that fit the batch and the KV blocks; lower-ranked requests lose
+        their blocks (recomputed later, as vLLM does) when a higher-ranked one needs room."""
+        ranked = [self.live[e.request_id] for e in self.policy.rank([r.sched for r in self.live.values()])]
+        chosen: list[Request] = []
+        for request in ranked:
+            if len(chosen) == self.max_batch:
+                break
+            while not self.blocks.grow(request.id, self._tokens_after_step(request)):
+                victims = [r for r in reversed(ranked) if r not in chosen and r is not request
+                           and r.id in self.blocks.tables]
+                if not victims:
+                    break
+                self.blocks.release(victims[0].id)
+                victims[0].computed = 0  # its prompt and reply so far are prefilled again when it runs
+            else:
+                chosen.append(request)
+        return chosen
+
+    def _tokens_after_step(self, request: Request) -> int:
+        todo = len(request.tokens) - request.computed
+        if todo > 1 and self.prefill == "chunked":
+            return request.computed + min(todo, self.chunk_tokens)
+        return len(request.tokens)
+
+    def _forward(self, requests: list[Request], counts: list[int]) -> torch.Tensor:
+        rows = [(self.blocks.tables[r.id], r.computed, n) for r, n in zip(requests, counts, strict=True)]
+        step, positions, mask = self.pool.step_inputs(rows, device=self.device)
+        width = positions.shape[1]
+        ids = torch.zeros((len(requests), width), dtype=torch.long)
+        for i, (r, n) in enumerate(zip(requests, counts, strict=True)):
+            ids[i, :n] = torch.tensor(r.tokens[r.computed:r.computed + n])
+            r.computed += n
+        out = self.model(input_ids=ids.to(self.device), position_ids=positions, attention_mask=mask,
+                         use_cache=False, labkit_kv=step, logits_to_keep=width)
+        last = torch.tensor(counts, device=self.device) - 1
+        return out.logits[torch.arange(len(requests), device=self.device), last]
+
+    def _sample(self, request: Request, logits: torch.Tensor) -> int:
+        p = request.params
+        if len(request.generated) < p.min_tokens:
+            logits = logits.clone()
+            logits[list(self.eos)] = float("-inf")
+        if p.temperature == 0:
+            return int(logits.argmax())
+        probs = torch.softmax(logits.float() / p.temperature, -1)
+        if p.top_p < 1:  # the smallest set of tokens whose probabilities add up to top_p
+            sorted_probs, order = probs.sort(descending=True)
+            drop = sorted_probs.cumsum(-1) - sorted_probs > p.top_p
+            probs = probs.scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
+        return int(torch.multinomial(probs, 1, generator=request.generator))
+
+    def _emit(self, request: Request, token: int) -> None:
+        request.tokens.append(token)
+        request.token_times.append(time.perf_counter())
+        request.outbox.put(token)
+        if token in self.eos:
+            self._finish(request, "stop")
+        elif len(request.generated) >= request.params.max_tokens:
+            self._finish(request, "length")
+
+    def _finish(self, request: Request, reason: str) -> None:
+        request.finish_reason = reason
+        self.blocks.release(request.id)
+        self.live.pop(request.id, None)
+        self.finished.append(request)
+        request.outbox.put(None)
+        request.done.set()
+
+    def _seconds_per_iteration(self) -> float:
+        recent = list(self.timeline)[-32:]
+        return sum(r["seconds"] for r in recent) / len(recent) if recent else 0.1

@@ -1,0 +1,178 @@
+"""Paged KV cache: fixed-size blocks handed out as sequences grow, and attention that reads them.
+
+A padded cache reserves ``batch x longest possible sequence`` up front, so most of it holds
+nothing: a reply that stops after 20 tokens still owns room for 512. vLLM's PagedAttention
+(Kwon et al., SOSP 2023) stores keys and values in blocks of ``block_size`` tokens instead, like
+pages of virtual memory: a sequence gets a block when it needs one, a block table maps its
+logical positions to physical blocks, and a finished request returns its blocks at once. Memory
+then limits how many requests run together by what they *use*, not by what they *might* use.
+
+Three roles, each small:
+
+* ``BlockManager``: bookkeeping only (which blocks each request holds, which are free).
+* ``PagedKVPool``: the physical tensors, one ``[blocks x block_size, kv heads, head size]`` pair
+  per layer, and ``step_inputs``, which turns block tables into the indices a forward pass needs.
+* ``paged_attention``: registered with transformers as the ``"labkit_paged"`` attention, so the
+  model's own layers run unchanged. It writes the step's new keys and values into their slots,
+  gathers each row's context through its block table, and attends.
+
+Why our own instead of transformers' continuous-batching cache: on this kit's CPUs its
+``generate_batch`` ran about 0.55x the speed of a plain static batch (see ``docs/benchmarks.md``),
+and its scheduler cannot be swapped for the policies the serving lab compares. vLLM reads blocks
+in place with a fused kernel; PyTorch has none for CPUs, so we gather the blocks into one tensor
+per step, a copy whose cost ``benchmarks/bench_engine.py`` measures.
+
+Example:
+    >>> blocks = BlockManager(num_blocks=8, block_size=16)
+    >>> blocks.grow("a", 20)         # 20 tokens need 2 blocks
+    True
+    >>> blocks.used, blocks.free_blocks
+    (2, 5)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+SCRATCH_BLOCK = 0  # padding rows and padding tokens write here; no sequence ever reads it
+
+
+class BlockManager:
+    """Which KV blocks each request holds. Block 0 is kept back as scratch for padding."""
+
+    def __init__(self, *, num_blocks: int, block_size: int = 16):
+        if num_blocks < 2 or block_size < 1:
+            raise ValueError("a paged cache needs at least 2 blocks (one is scratch) of at least 1 token")
+        self.num_blocks, self.block_size = num_blocks, block_size
+        self._free = list(range(num_blocks - 1, 0, -1))  # a stack: the lowest numbers are used first
+        self.tables: dict[object, list[int]] = {}
+
+    @property
+    def free_blocks(self) -> int:
+        return len(self._free)
+
+    @property
+    def used(self) -> int:
+        return self.num_blocks - 1 - len(self._free)
+
+    def blocks_for(self, tokens: int) -> int:
+        return -(-tokens // self.block_size)
+
+    def grow(self, request_id, tokens: int) -> bool:
+        """Make ``request_id``'s table cover ``tokens`` tokens; False (and nothing taken) if the
+        free blocks do not suffice."""
+        table = self.tables.setdefault(request_id, [])
+        extra = self.blocks_for(tokens) - len(table)
+        if extra > len(self._free):
+            if not table:
+                del self.tables[request_id]
+            return False
+        table.extend(self._free.pop() for _ in range(max(0, extra)))
+        return True
+
+    def release(self, request_id) -> int:
+        """Return a request's blocks to the free list; returns how many."""
+        table = self.tables.pop(request_id, [])
+        self._free.extend(reversed(table))
+        return len(table)
+
+
+@dataclass
+class StepKV:
+    """What ``paged_attention`` needs for one forward pass (rows = requests in the step).
+
+    ``write_index`` [rows x new tokens]: flat pool slots for the step's new keys and values.
+    ``read_index`` [rows x context]: flat pool slots of each row's whole context, in order.
+    """
+
+    pool: PagedKVPool
+    write_index: torch.Tensor
+    read_index: torch.Tensor
+
+
+class PagedKVPool:
+    """The physical KV memory: per layer, keys and values for ``num_blocks x block_size`` tokens."""
+
+    def __init__(self, config, *, num_blocks: int, block_size: int, dtype: torch.dtype,
+                 device: torch.device | str = "cpu"):
+        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        shape = (num_blocks * block_size, heads, head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.block_size = block_size
+        self.bytes_per_block = 2 * config.num_hidden_layers * block_size * heads * head_dim * dtype.itemsize
+
+    @staticmethod
+    def bytes_per_token(config, dtype: torch.dtype) -> int:
+        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        return 2 * config.num_hidden_layers * heads * head_dim * dtype.itemsize
+
+    def slots(self, table: list[int], start: int, stop: int) -> list[int]:
+        """Flat pool slots of logical positions ``start..stop-1`` of a sequence with this table."""
+        bs = self.block_size
+        return [table[p // bs] * bs + p % bs for p in range(start, stop)]
+
+    def step_inputs(self, rows: list[tuple[list[int], int, int]], *, device) -> tuple[StepKV, torch.Tensor,
+                                                                                       torch.Tensor]:
+        """For rows of (block table, first new position, number of new tokens): the StepKV, the
+        position ids [rows x new] and the boolean attention mask [rows x 1 x new x context].
+
+        Rows are padded to the longest: padding tokens write to the scratch block and see only
+        themselves, so no row ever reads another's keys or a padding slot.
+        """
+        width = max(n for _, _, n in rows)
+        context = max(start + n for _, start, n in rows)
+        scratch = SCRATCH_BLOCK * self.block_size
+        write, read, positions = [], [], []
+        for table, start, n in rows:
+            write.append(self.slots(table, start, start + n) + [scratch] * (width - n))
+            read.append(self.slots(table, 0, start + n) + [scratch] * (context - start - n))
+            positions.append(list(range(start, start + n)) + [start + n - 1] * (width - n))
+        pos = torch.tensor(positions, dtype=torch.long)
+        lengths = torch.tensor([start + n for _, start, n in rows])
+        keys = torch.arange(context)
+        mask = (keys[None, None, :] <= pos[:, :, None]) & (keys[None, None, :] < lengths[:, None, None])
+        step = StepKV(self, torch.tensor(write, dtype=torch.long, device=device).flatten(),
+                      torch.tensor(read, dtype=torch.long, device=device))
+        return step, pos.to(device), mask[:, None].to(device)
+
+
+def paged_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, *,
+                    labkit_kv: StepKV | None = None, **kwargs):
+    """Attention over a paged cache (see the module docstring); ``attention_mask`` is the boolean
+    [rows x 1 x new x context] mask from ``PagedKVPool.step_inputs``."""
+    if labkit_kv is None:  # the same model used outside the engine (generate, the fast decoder)
+        from labkit.fastgen import decode_attention
+
+        return decode_attention(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    rows, kv_heads, new, dim = key.shape
+    pool_k, pool_v = labkit_kv.pool.keys[module.layer_idx], labkit_kv.pool.values[module.layer_idx]
+    pool_k.index_copy_(0, labkit_kv.write_index, key.transpose(1, 2).reshape(rows * new, kv_heads, dim))
+    pool_v.index_copy_(0, labkit_kv.write_index, value.transpose(1, 2).reshape(rows * new, kv_heads, dim))
+    k = pool_k[labkit_kv.read_index].transpose(1, 2)  # [rows, kv heads, context, dim]: the gather
+    v = pool_v[labkit_kv.read_index].transpose(1, 2)
+    scale = scaling if scaling is not None else dim ** -0.5
+    heads = query.shape[1]
+    if new == 1:  # decode: two small matmuls per KV head group, no copies of the KV heads
+        q = query.reshape(rows, kv_heads, heads // kv_heads, dim)
+        scores = torch.matmul(q, k.transpose(2, 3)) * scale
+        scores = scores.masked_fill(~attention_mask[:, :, -1:, :], float("-inf"))
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+        return torch.matmul(probs, v).reshape(rows, 1, heads, dim), None
+    out = torch.nn.functional.scaled_dot_product_attention(query, k, v, attn_mask=attention_mask, scale=scale,
+                                                           enable_gqa=kv_heads != heads)
+    return out.transpose(1, 2), None
+
+
+def register_paged_attention() -> str:
+    """Register ``paged_attention`` with transformers; returns its name for ``set_attn_implementation``."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register("labkit_paged", paged_attention)
+    AttentionMaskInterface.register("labkit_paged", sdpa_mask)  # unused: the engine passes a 4D mask
+    return "labkit_paged"
