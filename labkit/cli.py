@@ -298,13 +298,19 @@ def _serve_settings_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--no-chat", action="store_true", help="do not deploy the chat app")
     p.add_argument("--no-images", action="store_true", help="do not deploy the image app")
-    p.add_argument("--max-batch-size", type=int, default=8, help="1 turns dynamic batching off")
-    p.add_argument("--batch-wait-timeout", type=float, default=0.05, help="seconds a batch waits to fill")
+    p.add_argument("--batching", choices=["continuous", "static"], default="continuous",
+                   help="chat: continuous batching engine (default) or @serve.batch")
+    p.add_argument("--scheduler", choices=["fcfs", "mlfq"], default="fcfs", help="continuous: scheduling policy")
+    p.add_argument("--prefill-mode", choices=["prefill-first", "decode-first", "chunked"], default="prefill-first",
+                   help="continuous: when prompts are processed")
+    p.add_argument("--max-queue", type=int, default=64, help="continuous: waiting requests before 429s")
+    p.add_argument("--max-batch-size", type=int, default=8, help="most requests decoding together; 1: no batching")
+    p.add_argument("--batch-wait-timeout", type=float, default=0.05, help="static: seconds a batch waits to fill")
     p.add_argument("--chat-replicas", type=int, default=1)
     p.add_argument("--chat-max-replicas", type=int, help="autoscale chat replicas up to this many")
     p.add_argument("--chat-num-gpus", type=float, default=0, help="0.5 with --image-num-gpus 0.5 shares a GPU")
     p.add_argument("--image-num-gpus", type=float, default=0)
-    p.add_argument("--fast", action="store_true", help="chat: static KV cache + compiled decode step")
+    p.add_argument("--fast", action="store_true", help="static batching: static KV cache + compiled decode step")
 
 
 def _serve_settings(args):
@@ -314,7 +320,8 @@ def _serve_settings(args):
                       images=not args.no_images, max_batch_size=args.max_batch_size,
                       batch_wait_timeout_s=args.batch_wait_timeout, chat_replicas=args.chat_replicas,
                       chat_max_replicas=args.chat_max_replicas, chat_num_gpus=args.chat_num_gpus,
-                      image_num_gpus=args.image_num_gpus, fast_generation=args.fast)
+                      image_num_gpus=args.image_num_gpus, fast_generation=args.fast, batching=args.batching,
+                      scheduler=args.scheduler, prefill_mode=args.prefill_mode, max_queue=args.max_queue)
     s.check()
     return s
 

@@ -31,7 +31,7 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -76,6 +76,7 @@ class Request:
     finish_reason: str | None = None  # "stop", "length", "cancelled"
     outbox: queue.Queue = field(default_factory=queue.Queue)  # new token ids, then None at the end
     done: threading.Event = field(default_factory=threading.Event)
+    on_token: Callable[[int | None], None] | None = None  # also told each token, then None (an event loop's bridge)
 
     @property
     def generated(self) -> list[int]:
@@ -158,8 +159,12 @@ class Engine:
     # --- the caller's side ----------------------------------------------------------------
 
     def submit(self, prompt: str | list[int], params: SamplingParams = SamplingParams(), *,
-               request_id: str | None = None) -> RequestHandle:
-        """Queue a prompt (text, or token ids); raises ``QueueFull`` or ``ValueError`` (too long)."""
+               request_id: str | None = None, on_token: Callable[[int | None], None] | None = None) -> RequestHandle:
+        """Queue a prompt (text, or token ids); raises ``QueueFull`` or ``ValueError`` (too long).
+
+        ``on_token`` is called from the engine's thread with each new token id and then ``None``;
+        an asyncio server passes ``lambda t: loop.call_soon_threadsafe(queue.put_nowait, t)``.
+        """
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"] if isinstance(prompt, str) else list(prompt)
         if not ids:
             raise ValueError("the prompt has no tokens")
@@ -177,7 +182,8 @@ class Engine:
             rid = request_id or f"req-{self._arrivals}"
             seed = params.seed if params.seed is not None else secrets.randbits(63)
             generator = torch.Generator(device=self.device).manual_seed(seed)
-            request = Request(rid, ids, len(ids), params, generator, Scheduled(rid, self._arrivals, len(ids)))
+            request = Request(rid, ids, len(ids), params, generator, Scheduled(rid, self._arrivals, len(ids)),
+                              on_token=on_token)
             self._inbox.put(request)
             self._lock.notify()
         return RequestHandle(self, request)
@@ -328,6 +334,8 @@ class Engine:
         request.tokens.append(token)
         request.token_times.append(time.perf_counter())
         request.outbox.put(token)
+        if request.on_token is not None:
+            request.on_token(token)
         if token in self.eos:
             self._finish(request, "stop")
         elif len(request.generated) >= request.params.max_tokens:
@@ -340,6 +348,8 @@ class Engine:
         self.finished.append(request)
         request.outbox.put(None)
         request.done.set()
+        if request.on_token is not None:
+            request.on_token(None)
 
     def _seconds_per_iteration(self) -> float:
         recent = list(self.timeline)[-32:]

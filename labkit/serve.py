@@ -1,14 +1,21 @@
-"""Online serving with Ray Serve: OpenAI-compatible chat and image endpoints with dynamic batching.
+"""Online serving with Ray Serve: OpenAI-compatible chat and image endpoints.
 
 Two Serve applications, each scaled and placed on its own:
 
 - ``chat``   at ``/v1/chat``:   ``POST /v1/chat/completions`` (``"stream": true`` gives server-sent events)
 - ``images`` at ``/v1/images``: ``POST /v1/images/generations`` (base64 PNGs)
 
-Requests that arrive within ``batch_wait_timeout_s`` of each other are run as one model batch
-(``@serve.batch``); ``max_batch_size=1`` turns batching off. Every bad request gets a 4xx with an
-OpenAI-style error body; nothing a client sends can take a replica down. The HTTP proxy listens on
-127.0.0.1 only (see the README for exposing it safely).
+The chat replica batches in one of two ways (``batching``):
+
+- ``"continuous"`` (the default): every request, streamed or not, goes to one engine loop
+  (``labkit.engine``) that adds and removes requests at every decode step, over a paged KV cache,
+  under a named scheduling policy. A full queue answers 429 with ``Retry-After``; a client that
+  hangs up frees its slot.
+- ``"static"``: requests that arrive within ``batch_wait_timeout_s`` of each other run as one
+  ``generate`` (``@serve.batch``) until the longest reply ends; kept for the serving lab's comparison.
+
+Every bad request gets a 4xx with an OpenAI-style error body; nothing a client sends can take a
+replica down. The HTTP proxy listens on 127.0.0.1 only (see the README for exposing it safely).
 
 Example:
     >>> from labkit.serve import ServeSettings, deploy
@@ -55,7 +62,11 @@ class ServeSettings:
     max_tokens_limit: int = 512
     default_max_tokens: int = 128
     max_images: int = 4
-    fast_generation: bool = False  # static KV cache + compiled step (labkit.fastgen), compiled at start-up
+    fast_generation: bool = False  # static batching only: static KV cache + compiled step (labkit.fastgen)
+    batching: str = "continuous"  # or "static" (@serve.batch)
+    scheduler: str = "fcfs"  # continuous only: "fcfs" or "mlfq" (labkit.scheduling)
+    prefill_mode: str = "prefill-first"  # or "decode-first", "chunked"
+    max_queue: int = 64  # continuous only: requests waiting to start before 429s
 
     def check(self) -> None:
         for name in ("chat_replicas", "image_replicas", "max_batch_size", "max_tokens_limit", "max_images"):
@@ -68,21 +79,32 @@ class ServeSettings:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.default_max_tokens <= self.max_tokens_limit:
             raise ValueError("default_max_tokens must be between 1 and max_tokens_limit")
+        from labkit.scheduling import POLICIES, PREFILL_MODES
+
+        for name, allowed in (("batching", ("continuous", "static")), ("scheduler", tuple(POLICIES)),
+                              ("prefill_mode", PREFILL_MODES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if not isinstance(self.max_queue, int) or self.max_queue < 1:
+            raise ValueError(f"max_queue must be a positive integer, got {self.max_queue!r}")
 
 
 class RequestError(Exception):
     """A client mistake: becomes an HTTP 4xx with an OpenAI-style error body."""
 
-    def __init__(self, message: str, *, param: str | None = None, status: int = 400):
+    def __init__(self, message: str, *, param: str | None = None, status: int = 400,
+                 retry_after_s: float | None = None):
         super().__init__(message)
-        self.param, self.status = param, status
+        self.param, self.status, self.retry_after_s = param, status, retry_after_s
 
 
 def error_response(exc: RequestError):
     from fastapi.responses import JSONResponse
 
-    return JSONResponse({"error": {"message": str(exc), "type": "invalid_request_error", "param": exc.param,
-                                   "code": None}}, status_code=exc.status)
+    kind = "rate_limit_error" if exc.status == 429 else "invalid_request_error"
+    headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))} if exc.retry_after_s else None
+    return JSONResponse({"error": {"message": str(exc), "type": kind, "param": exc.param, "code": None}},
+                        status_code=exc.status, headers=headers)
 
 
 async def read_json_body(request) -> dict:
@@ -188,7 +210,14 @@ def _chat_deployment():
             device = "cuda" if self.s.chat_num_gpus else "cpu"
             self.lm = ChatModel.from_pretrained(store.pull(spec.name, progress=False)[0], device=device,
                                                 name=spec.name)
-            if self.s.fast_generation:  # every batch padded to max_batch_size: one shape, compiled now
+            self.engine = None
+            if self.s.batching == "continuous":
+                from labkit.engine import Engine
+
+                self.engine = Engine(self.lm.model, self.lm.tokenizer, max_batch=self.s.max_batch_size,
+                                     max_context=min(self.lm.context_length, 2048), max_queue=self.s.max_queue,
+                                     policy=self.s.scheduler, prefill=self.s.prefill_mode).start()
+            elif self.s.fast_generation:  # every batch padded to max_batch_size: one shape, compiled now
                 self.lm.set_fast(True, pad_batch_to=self.s.max_batch_size)
                 self.lm.warm_up(batch_size=self.s.max_batch_size, max_new_tokens=self.s.default_max_tokens)
             self.generate_batch.set_max_batch_size(self.s.max_batch_size)
@@ -226,6 +255,23 @@ def _chat_deployment():
             except ValueError as exc:
                 return error_response(RequestError(str(exc)))
             rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+            if self.engine is not None:
+                tokens: asyncio.Queue = asyncio.Queue()
+                loop = asyncio.get_running_loop()
+                try:
+                    handle = self._submit(job, rid, lambda t: loop.call_soon_threadsafe(tokens.put_nowait, t))
+                except RequestError as exc:
+                    return error_response(exc)
+                if job["stream"]:
+                    return StreamingResponse(self._engine_sse(handle, tokens, rid, created),
+                                             media_type="text/event-stream")
+                try:
+                    while await tokens.get() is not None:
+                        pass
+                finally:  # cancelled (the client hung up) before the end: free the slot
+                    if handle.request.finish_reason is None:
+                        handle.cancel()
+                return self._engine_reply(handle, rid, created)
             if job["stream"]:
                 return StreamingResponse(self._sse(job, rid, created), media_type="text/event-stream")
             gen = await self.generate_batch(job)
@@ -234,6 +280,52 @@ def _chat_deployment():
                                  "finish_reason": gen.finish_reason}],
                     "usage": {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.new_tokens,
                               "total_tokens": gen.prompt_tokens + gen.new_tokens}}
+
+        def _submit(self, job: dict, rid: str, on_token):
+            from labkit.engine import QueueFull, SamplingParams
+
+            params = SamplingParams(max_tokens=job["max_tokens"], temperature=job["temperature"], top_p=job["top_p"],
+                                    seed=job["seed"])
+            try:
+                return self.engine.submit(self.lm.format_chat(job["messages"]), params, request_id=rid,
+                                          on_token=on_token)
+            except QueueFull as exc:
+                raise RequestError(str(exc), status=429, retry_after_s=exc.retry_after_s) from None
+            except ValueError as exc:
+                raise RequestError(str(exc), param="messages") from None
+
+        def _engine_reply(self, handle, rid: str, created: int) -> dict:
+            r = handle.request
+            text = self.lm.tokenizer.decode(r.generated, skip_special_tokens=True)
+            return {"id": rid, "object": "chat.completion", "created": created, "model": self.lm.name,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                 "finish_reason": r.finish_reason}],
+                    "usage": {"prompt_tokens": r.prompt_tokens, "completion_tokens": len(r.generated),
+                              "total_tokens": len(r.tokens), "time_to_first_token_s": handle.ttft_s}}
+
+        async def _engine_sse(self, handle, tokens: asyncio.Queue, rid: str, created: int):
+            """Tokens as the engine makes them; the text sent is what is decodable so far (a character
+            split over two tokens waits for its second half)."""
+            def chunk(delta: dict, finish: str | None = None) -> str:
+                return "data: " + json.dumps({"id": rid, "object": "chat.completion.chunk", "created": created,
+                                              "model": self.lm.name, "choices": [
+                                                  {"index": 0, "delta": delta, "finish_reason": finish}]},
+                                             ensure_ascii=False) + "\n\n"
+
+            r, sent, reply = handle.request, "", []
+            try:
+                yield chunk({"role": "assistant", "content": ""})
+                while (token := await tokens.get()) is not None:
+                    reply.append(token)
+                    text = self.lm.tokenizer.decode(reply, skip_special_tokens=True)
+                    if len(text) > len(sent) and not text.endswith("\ufffd"):
+                        yield chunk({"content": text[len(sent):]})
+                        sent = text
+                yield chunk({}, r.finish_reason)
+                yield "data: [DONE]\n\n"
+            finally:  # also when the client disconnects mid-stream: the engine frees its blocks
+                if r.finish_reason is None:
+                    handle.cancel()
 
         async def _sse(self, job: dict, rid: str, created: int):
             from starlette.concurrency import iterate_in_threadpool
@@ -254,8 +346,16 @@ def _chat_deployment():
 
         @api.get("/stats")
         def stats(self) -> dict:
-            """Model batch sizes this replica has run (for the lab's batching plot)."""
-            return {"batches": self.batches, "max_batch_size": self.s.max_batch_size}
+            """Model batch sizes this replica has run (for the lab's batching plot); with the engine,
+            the rows of each decode step, and its KV blocks."""
+            if self.engine is None:
+                return {"batching": "static", "batches": self.batches, "max_batch_size": self.s.max_batch_size}
+            timeline = list(self.engine.timeline)
+            return {"batching": "continuous", "batches": [row["decode_rows"] for row in timeline if row["decode_rows"]],
+                    "max_batch_size": self.s.max_batch_size, "scheduler": self.s.scheduler,
+                    "live": len(self.engine.live), "blocks_used": self.engine.blocks.used,
+                    "cancelled": sum(r.finish_reason == "cancelled" for r in self.engine.finished),
+                    "blocks_total": self.engine.blocks.num_blocks - 1}
 
     return ChatServer
 

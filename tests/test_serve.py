@@ -20,9 +20,9 @@ def server(ray_cluster):
 
     from labkit.serve import deploy
 
-    # The replica decodes with labkit's fast path (compiled at start-up): every test below goes through it.
-    url = deploy(ServeSettings(port=free_port(), max_batch_size=8, batch_wait_timeout_s=0.1, max_tokens_limit=64,
-                               default_max_tokens=16, fast_generation=True))
+    # The replica runs the continuous-batching engine: every chat request below goes through it.
+    url = deploy(ServeSettings(port=free_port(), max_batch_size=8, max_queue=8, max_tokens_limit=64,
+                               default_max_tokens=16))
     yield url
     serve.shutdown()
 
@@ -44,6 +44,7 @@ def test_openai_client_chat_and_streaming(server):
     text = reply.choices[0].message.content
     assert text and reply.choices[0].finish_reason in ("stop", "length")
     assert 0 < reply.usage.completion_tokens <= 6 and reply.usage.prompt_tokens > 0
+    assert 0 < reply.usage.model_extra["time_to_first_token_s"] < 60
 
     stream = client.chat.completions.create(model="labkit", messages=GOOD["messages"], max_tokens=6, temperature=0,
                                             stream=True)
@@ -64,6 +65,11 @@ def test_openai_client_chat_and_streaming(server):
     ({**GOOD, "temperature": -0.5}, 400, "between 0 and 2"),
     ({**GOOD, "stream": "yes"}, 400, "true or false"),
     ({**GOOD, "n": 2}, 400, "'n'"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', 400, "'temperature'"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "top_p": Infinity}', 400, "'top_p'"),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1e400}', 400, "'max_tokens'"),
+    ({**GOOD, "max_tokens": 2.5}, 400, "must be an integer"),
+    ({**GOOD, "seed": 10**30}, 400, "'seed'"),
     ({"messages": [{"role": "user", "content": "x" * 70_000}]}, 413, "limit"),
 ])
 def test_bad_bodies_get_4xx_and_the_replica_keeps_serving(server, body, status, words):
@@ -71,6 +77,72 @@ def test_bad_bodies_get_4xx_and_the_replica_keeps_serving(server, body, status, 
     assert bad.status_code == status
     error = bad.json()["error"]
     assert words in error["message"] and error["type"] == "invalid_request_error"
+    assert _chat(server, GOOD).status_code == 200
+
+
+def _stream_text(url, body) -> str:
+    text = ""
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json={**body, "stream": True}, timeout=120) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                text += json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+    return text
+
+
+def test_concurrent_streams_and_plain_requests_match_one_at_a_time(server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    prompts = ["Name one colour.", "What is 2 + 2?", "Say hello in Chinese.", "Name a fruit.", "What is Ray?",
+               "Give me a word that rhymes with cat."]
+    bodies = [{"messages": [{"role": "user", "content": p}], "max_tokens": 12, "temperature": 0} for p in prompts]
+    alone = [_chat(server, b).json()["choices"][0]["message"]["content"] for b in bodies]
+    seeded = {"messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 12, "temperature": 1.0,
+              "seed": 5}
+    seeded_alone = _chat(server, seeded).json()["choices"][0]["message"]["content"]
+
+    def one(i: int) -> str:
+        if i == len(bodies):
+            return _chat(server, seeded).json()["choices"][0]["message"]["content"]
+        if i % 2:
+            return _stream_text(server, bodies[i])
+        return _chat(server, bodies[i]).json()["choices"][0]["message"]["content"]
+
+    with ThreadPoolExecutor(len(bodies) + 1) as pool:
+        together = list(pool.map(one, range(len(bodies) + 1)))
+    assert together[:-1] == alone, "greedy replies do not depend on batching or streaming"
+    assert together[-1] == seeded_alone, "a seeded reply does not depend on its batch company"
+    stats = httpx.get(f"{server}/v1/chat/stats", timeout=30).json()
+    assert stats["batching"] == "continuous" and max(stats["batches"]) > 1
+
+
+def test_a_client_that_hangs_up_frees_its_slot(server):
+    import time
+
+    before = httpx.get(f"{server}/v1/chat/stats", timeout=30).json()["cancelled"]
+    body = {"messages": [{"role": "user", "content": "Write a long story about a dragon."}], "max_tokens": 64,
+            "stream": True}
+    with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, timeout=120) as r:
+        lines = r.iter_lines()
+        assert next(lines).startswith("data: ")  # the stream started; now hang up
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        stats = httpx.get(f"{server}/v1/chat/stats", timeout=30).json()
+        if stats["cancelled"] > before and stats["live"] == 0:
+            break
+        time.sleep(0.2)
+    assert stats["cancelled"] == before + 1 and stats["blocks_used"] == 0, stats
+    assert _chat(server, GOOD).status_code == 200
+
+
+def test_a_full_queue_answers_429_with_retry_after_and_keeps_serving(server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = {"messages": [{"role": "user", "content": "Count from one to twenty."}], "max_tokens": 24}
+    with ThreadPoolExecutor(32) as pool:
+        replies = list(pool.map(lambda _: _chat(server, body), range(32)))
+    refused = [r for r in replies if r.status_code == 429]
+    assert refused and all(r.status_code in (200, 429) for r in replies), [r.status_code for r in replies]
+    assert int(refused[0].headers["Retry-After"]) >= 1 and refused[0].json()["error"]["type"] == "rate_limit_error"
     assert _chat(server, GOOD).status_code == 200
 
 
