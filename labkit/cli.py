@@ -121,6 +121,14 @@ def _parser() -> argparse.ArgumentParser:
     sb.add_argument("--requests", type=int, default=64)
     sb.add_argument("--concurrency", type=int, default=16)
     sb.add_argument("--max-tokens", type=int, default=32)
+    sb.add_argument("--mode", choices=["closed", "open"], default="closed",
+                    help="closed: fixed concurrency; open: Poisson arrivals at --rate")
+    sb.add_argument("--rate", type=float, nargs="+", help="open loop: requests per second (several: one run each)")
+    sb.add_argument("--stream", action="store_true", help="stream replies and measure TTFT, TPOT and goodput")
+    sb.add_argument("--heavy-tailed", action="store_true", help="reply lengths from a heavy-tailed trace (8-256)")
+    sb.add_argument("--slo-ttft", type=float, default=2.0, help="goodput: time to first token at most (s)")
+    sb.add_argument("--slo-tpot", type=float, default=0.2, help="goodput: time per output token at most (s)")
+    sb.add_argument("--plot", type=Path, help="save a plot (PNG) of the run(s) here")
     sb.add_argument("--timeout", type=float, default=300, help="stop after this many seconds")
     sb.add_argument("--json", action="store_true")
     sb.set_defaults(func=_serve_bench)
@@ -393,19 +401,38 @@ def _serve_down(args) -> int:
 
 
 def _serve_bench(args) -> int:
-    from labkit.loadtest import load_test
+    from labkit.loadtest import heavy_tailed_lengths, load_test, plot_reports
 
-    report = load_test(args.url, requests=args.requests, concurrency=args.concurrency, max_tokens=args.max_tokens,
-                       timeout_s=args.timeout)
-    report.pop("rows")
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(f"{report['requests']} requests at concurrency {report['concurrency']}: {report['ok']} ok, "
+    if args.mode == "open" and not args.rate:
+        print("--mode open needs --rate (requests per second)", file=sys.stderr)
+        return 2
+    lengths = heavy_tailed_lengths(args.requests) if args.heavy_tailed else None
+    reports = []
+    for rate in args.rate if args.mode == "open" else [None]:
+        reports.append(load_test(args.url, requests=args.requests, concurrency=args.concurrency,
+                                 max_tokens=args.max_tokens, timeout_s=args.timeout, mode=args.mode, rate=rate,
+                                 stream=args.stream, lengths=lengths, slo_ttft_s=args.slo_ttft,
+                                 slo_tpot_s=args.slo_tpot))
+    if args.plot:
+        plot_reports(reports, title=f"labkit serve bench ({args.mode} loop)").savefig(args.plot, dpi=120)
+    for report in reports:
+        report.pop("rows")
+        if args.json:
+            continue
+        load = f"{report['rate']:g} req/s arrivals" if report["mode"] == "open" else \
+            f"concurrency {report['concurrency']}"
+        print(f"{report['requests']} requests at {load}: {report['ok']} ok, "
               f"{report['errors']} errors {report['statuses']}; {report['requests_per_s']:.2f} req/s, "
               f"{report['tokens_per_s']:.1f} tokens/s; latency p50 {report['p50_s']:.2f}s, "
               f"p95 {report['p95_s']:.2f}s, p99 {report['p99_s']:.2f}s")
-    return 0 if report["errors"] == 0 else 1
+        if "goodput_rps" in report:
+            print(f"  TTFT p50 {report['ttft_s_p50']:.2f}s p99 {report['ttft_s_p99']:.2f}s; TPOT p50 "
+                  f"{1e3 * report['tpot_s_p50']:.0f} ms p99 {1e3 * report['tpot_s_p99']:.0f} ms; goodput "
+                  f"{report['goodput_rps']:.2f} req/s ({report['met_slo']} met TTFT <= {args.slo_ttft:g}s "
+                  f"and TPOT <= {1e3 * args.slo_tpot:.0f} ms)")
+    if args.json:
+        print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
+    return 0 if all(r["errors"] == 0 for r in reports) else 1
 
 
 def _run_notebooks(args) -> int:

@@ -255,18 +255,22 @@ class Engine:
             prefilling = []
         budget = self.chunk_tokens if self.prefill == "chunked" else None
         new_tokens: dict[str, int] = {}
-        prefilled, ran = 0, [r.sched for r in decoding]
-        for request in prefilling:  # one forward per prompt: prompts differ in length
+        ran = [r.sched for r in decoding]
+        chunks: list[tuple[Request, int]] = []  # (request, prompt tokens this iteration)
+        for request in prefilling:
             todo = len(request.tokens) - request.computed
-            n = todo if budget is None else min(todo, budget - prefilled)
+            n = todo if budget is None else min(todo, budget - sum(c for _, c in chunks))
             if n <= 0:
                 break
-            logits = self._forward([request], [n])
-            prefilled += n
-            ran.append(request.sched)
-            if request.computed == len(request.tokens):
-                self._emit(request, self._sample(request, logits[0]))
-                new_tokens[request.id] = 1
+            chunks.append((request, n))
+        if chunks:  # all prompts of this iteration in one forward, padded to the longest
+            logits = self._forward([r for r, _ in chunks], [n for _, n in chunks])
+            for (request, _), row in zip(chunks, logits, strict=True):
+                ran.append(request.sched)
+                if request.computed == len(request.tokens):
+                    self._emit(request, self._sample(request, row))
+                    new_tokens[request.id] = 1
+        prefilled = sum(n for _, n in chunks)
         if decoding:
             logits = self._forward(decoding, [1] * len(decoding))
             for request, row in zip(decoding, logits, strict=True):
@@ -311,10 +315,14 @@ class Engine:
         for i, (r, n) in enumerate(zip(requests, counts, strict=True)):
             ids[i, :n] = torch.tensor(r.tokens[r.computed:r.computed + n])
             r.computed += n
-        out = self.model(input_ids=ids.to(self.device), position_ids=positions, attention_mask=mask,
-                         use_cache=False, labkit_kv=step, logits_to_keep=width)
+        # The decoder, then the vocabulary projection of each row's last real token only: a padded
+        # prompt batch would otherwise project every position (rows x width x vocabulary floats).
+        hidden = self.model.get_decoder()(input_ids=ids.to(self.device), position_ids=positions,
+                                          attention_mask=mask, use_cache=False, labkit_kv=step).last_hidden_state
         last = torch.tensor(counts, device=self.device) - 1
-        return out.logits[torch.arange(len(requests), device=self.device), last]
+        logits = self.model.get_output_embeddings()(hidden[torch.arange(len(requests), device=self.device), last])
+        cap = getattr(self.model.config, "final_logit_softcapping", None)  # Gemma 2 does this after the head
+        return torch.tanh(logits / cap) * cap if cap else logits
 
     def _sample(self, request: Request, logits: torch.Tensor) -> int:
         p = request.params

@@ -9,6 +9,14 @@ Example:
     >>> report = load_test("http://127.0.0.1:8000", requests=64, concurrency=16)   # doctest: +SKIP
     >>> report["errors"], round(report["p99_s"], 2)                                 # doctest: +SKIP
     (0, 4.1)
+
+Two ways to send load (``mode``): ``"closed"`` keeps ``concurrency`` requests in flight (each new
+one starts when one ends: a fixed number of users), ``"open"`` starts requests at Poisson arrival
+times at ``rate`` per second whatever the server does (real traffic: the server can fall behind).
+With ``stream=True`` every request streams, and each row records time to first token (TTFT),
+time per output token after it (TPOT) and end-to-end latency; ``goodput`` counts the requests per
+second that met the SLO (both ``slo_ttft_s`` and ``slo_tpot_s``), the measure DistServe argues for.
+``heavy_tailed_lengths`` draws output lengths the way chat traffic has them: mostly short, a few long.
 """
 
 from __future__ import annotations
@@ -50,24 +58,67 @@ def chat_body(prompt: str, *, max_tokens: int = 32) -> dict:
             "temperature": 0}
 
 
+def heavy_tailed_lengths(n: int, *, low: int = 8, high: int = 256, alpha: float = 1.2, seed: int = 0) -> list[int]:
+    """``n`` output lengths from a Pareto distribution (shape ``alpha``) cut to ``low..high``:
+    most replies short, a few long, as in chat traces (ShareGPT, Azure's LLM traces)."""
+    rng = random.Random(seed)
+    return [min(high, int(low * (1 - rng.random()) ** (-1 / alpha))) for _ in range(n)]
+
+
 def load_test(url: str, *, requests: int = 64, concurrency: int = 16, max_tokens: int = 32,
               prompts: list[str] | None = None, bodies: list | None = None, timeout_s: float = 300,
-              progress: bool = True) -> dict:
-    """Send the requests and measure. ``bodies`` (dicts, or raw bytes for broken JSON) replace the
-    default chat bodies; each result row then says which status it got.
+              mode: str = "closed", rate: float | None = None, stream: bool = False,
+              lengths: list[int] | None = None, slo_ttft_s: float = 2.0, slo_tpot_s: float = 0.2,
+              seed: int = 0, progress: bool = True) -> dict:
+    """Send the requests and measure (see the module docstring for ``mode``, ``stream`` and the SLO).
+
+    ``bodies`` (dicts, or raw bytes for broken JSON) replace the default chat bodies; each result
+    row then says which status it got. ``lengths``: each request's exact reply length (``max_tokens``
+    and ``min_tokens``), e.g. from ``heavy_tailed_lengths``.
     """
     base = check_loopback(url)
     if not 1 <= requests <= MAX_REQUESTS:
         raise ValueError(f"requests must be between 1 and {MAX_REQUESTS}, got {requests}")
     if not 1 <= concurrency <= MAX_CONCURRENCY:
         raise ValueError(f"concurrency must be between 1 and {MAX_CONCURRENCY}, got {concurrency}")
+    if mode not in ("closed", "open"):
+        raise ValueError(f"mode must be 'closed' (fixed concurrency) or 'open' (Poisson arrivals), got {mode!r}")
+    if mode == "open" and not (rate and 0 < rate <= 1000):
+        raise ValueError("open-loop mode needs a rate between 0 and 1000 requests per second")
     if bodies is None:
         from labkit.data import read_prompts
 
         prompts = prompts or [r["prompt"] for r in read_prompts("prompts_500")]
-        bodies = [chat_body(prompts[i % len(prompts)], max_tokens=max_tokens) for i in range(requests)]
+        bodies = []
+        for i in range(requests):
+            body = chat_body(prompts[i % len(prompts)], max_tokens=lengths[i] if lengths else max_tokens)
+            if lengths:
+                body["min_tokens"] = lengths[i]
+            if stream:
+                body.update(stream=True, stream_options={"include_usage": True})
+            bodies.append(body)
     bodies = bodies[:requests]
-    return _run_to_completion(_run(base + CHAT_PATH, bodies, concurrency, timeout_s, progress))
+    rng = random.Random(seed)
+    starts = None
+    if mode == "open":  # Poisson arrivals: exponential gaps
+        clock, starts = 0.0, []
+        for _ in bodies:
+            starts.append(clock)
+            clock += rng.expovariate(rate)
+    # Open loop: every request may be in flight at once (bounded by the request count and the cap).
+    gate = MAX_CONCURRENCY if mode == "open" else concurrency
+    report = _run_to_completion(_run(base + CHAT_PATH, bodies, gate, timeout_s, progress, starts))
+    report.update(mode=mode, rate=rate, concurrency=concurrency if mode == "closed" else None)
+    ok = [r for r in report["rows"] if r["status"] == 200]
+    if any("ttft_s" in r for r in ok):
+        for key in ("ttft_s", "tpot_s"):
+            values = [r[key] for r in ok if r.get(key) is not None]
+            report.update({f"{key}_p{q}": percentile(values, q) for q in (50, 95, 99)})
+        good = [r for r in ok if r.get("ttft_s") is not None and r["ttft_s"] <= slo_ttft_s
+                and (r.get("tpot_s") is None or r["tpot_s"] <= slo_tpot_s)]
+        report.update(slo={"ttft_s": slo_ttft_s, "tpot_s": slo_tpot_s}, met_slo=len(good),
+                      goodput_rps=len(good) / report["seconds"])
+    return report
 
 
 def _run_to_completion(coro):
@@ -82,7 +133,37 @@ def _run_to_completion(coro):
         return pool.submit(asyncio.run, coro).result()
 
 
-async def _run(url: str, bodies: list, concurrency: int, timeout_s: float, progress: bool) -> dict:
+async def _send(client, url: str, content: bytes) -> dict:
+    """One request; a streamed one is read chunk by chunk, timing the first token and the rest."""
+    t0 = time.perf_counter()
+    async with client.stream("POST", url, content=content, headers={"Content-Type": "application/json"}) as r:
+        if not r.headers.get("content-type", "").startswith("text/event-stream"):
+            raw = await r.aread()
+            row = {"status": r.status_code, "latency_s": time.perf_counter() - t0}
+            data = json.loads(raw) if r.headers.get("content-type", "").startswith("application/json") else {}
+            row["tokens"] = (data.get("usage") or {}).get("completion_tokens", 0)
+            row["error"] = (data.get("error") or {}).get("message") if r.status_code >= 400 else None
+            return row
+        first, pieces, tokens = None, 0, None
+        async for line in r.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            for choice in chunk.get("choices") or ():
+                if choice.get("delta", {}).get("content"):
+                    pieces += 1
+                    first = first or time.perf_counter()
+        end = time.perf_counter()
+    tokens = pieces if tokens is None else tokens
+    ttft = (first or end) - t0
+    return {"status": r.status_code, "latency_s": end - t0, "tokens": tokens, "error": None, "ttft_s": ttft,
+            "tpot_s": (end - first) / (tokens - 1) if first and tokens > 1 else None}
+
+
+async def _run(url: str, bodies: list, concurrency: int, timeout_s: float, progress: bool,
+               starts: list[float] | None = None) -> dict:
     import httpx
 
     gate = asyncio.Semaphore(concurrency)
@@ -92,22 +173,20 @@ async def _run(url: str, bodies: list, concurrency: int, timeout_s: float, progr
 
     async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
         async def one(i: int, body) -> None:
+            if starts is not None:
+                await asyncio.sleep(max(0.0, t_start + starts[i] - time.perf_counter()))
             async with gate:
                 content = body if isinstance(body, bytes) else json.dumps(body).encode()
                 t0 = time.perf_counter()
                 try:
-                    r = await client.post(url, content=content, headers={"Content-Type": "application/json"})
-                    row = {"index": i, "status": r.status_code, "latency_s": time.perf_counter() - t0}
-                    data = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
-                    row["tokens"] = (data.get("usage") or {}).get("completion_tokens", 0)
-                    row["error"] = (data.get("error") or {}).get("message") if r.status_code >= 400 else None
-                except httpx.HTTPError as exc:
+                    row = {"index": i, **await _send(client, url, content)}
+                except (httpx.HTTPError, json.JSONDecodeError) as exc:
                     row = {"index": i, "status": 0, "latency_s": time.perf_counter() - t0, "tokens": 0,
                            "error": f"{type(exc).__name__}: {exc}"}
                 rows.append(row)
                 bar.update(1)
 
-        t0 = time.perf_counter()
+        t0 = t_start = time.perf_counter()
         tasks = [asyncio.create_task(one(i, b)) for i, b in enumerate(bodies)]
         done, pending = await asyncio.wait(tasks, timeout=timeout_s)
         for task in pending:  # bounded in time: whatever is left is cancelled and counted
@@ -129,6 +208,37 @@ async def _run(url: str, bodies: list, concurrency: int, timeout_s: float, progr
             "p50_s": percentile(latencies, 50), "p95_s": percentile(latencies, 95),
             "p99_s": percentile(latencies, 99), "mean_s": statistics.fmean(latencies) if latencies else float("nan"),
             "rows": rows}
+
+
+def plot_reports(reports: list[dict], *, title: str = ""):
+    """Goodput and TTFT against arrival rate (several open-loop runs), or the latency distribution
+    of one run; returns the matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    if len(reports) > 1 and all(r.get("rate") for r in reports):
+        rates = [r["rate"] for r in reports]
+        axes[0].plot(rates, [r.get("goodput_rps", float("nan")) for r in reports], "o-", label="goodput (met SLO)")
+        axes[0].plot(rates, [r["requests_per_s"] for r in reports], "s--", label="throughput (all ok)")
+        axes[0].set(xlabel="arrival rate (requests/s)", ylabel="requests/s")
+        for q, style in ((50, "o-"), (99, "s--")):
+            axes[1].plot(rates, [r.get(f"ttft_s_p{q}", float("nan")) for r in reports], style, label=f"TTFT p{q}")
+        axes[1].set(xlabel="arrival rate (requests/s)", ylabel="seconds", yscale="log")
+    else:
+        for r in reports:
+            ok = sorted(row["latency_s"] for row in r["rows"] if row["status"] == 200)
+            axes[0].plot(ok, [(i + 1) / len(ok) for i in range(len(ok))], label=r.get("label", "end to end"))
+            ttft = sorted(row["ttft_s"] for row in r["rows"] if row.get("ttft_s") is not None)
+            if ttft:
+                axes[1].plot(ttft, [(i + 1) / len(ttft) for i in range(len(ttft))], label=r.get("label", "TTFT"))
+        axes[0].set(xlabel="end-to-end latency (s)", ylabel="fraction of requests")
+        axes[1].set(xlabel="time to first token (s)", ylabel="fraction of requests")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
 
 
 def mixed_bodies(n: int, *, seed: int = 0, max_tokens: int = 8) -> list[tuple[object, bool]]:

@@ -31,7 +31,7 @@ import io
 import json
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from labkit import profiles
 from labkit.ray_runtime import LOOPBACK, init_ray
@@ -158,9 +158,16 @@ def parse_chat_request(body: dict, *, max_tokens_limit: int, default_max_tokens:
     if not isinstance(stream, bool):
         raise RequestError("'stream' must be true or false", param="stream")
     limit_name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = _number(body, limit_name, default_max_tokens, low=1, high=max_tokens_limit, integer=True)
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
+        raise RequestError("'stream_options' must be an object like {\"include_usage\": true}", param="stream_options")
     return {
         "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
-        "max_tokens": _number(body, limit_name, default_max_tokens, low=1, high=max_tokens_limit, integer=True),
+        "max_tokens": max_tokens,
+        # vLLM's extension: hold back the end-of-turn token this long (load tests use it for exact lengths)
+        "min_tokens": _number(body, "min_tokens", 0, low=0, high=max_tokens, integer=True),
+        "include_usage": options.get("include_usage", False),
         "temperature": float(_number(body, "temperature", 0.0, low=0, high=2)),
         "top_p": float(_number(body, "top_p", 1.0, low=1e-6, high=1)),
         "seed": _number(body, "seed", None, low=0, high=2**32 - 1, integer=True),
@@ -234,14 +241,24 @@ def _chat_deployment():
             results: list = [None] * len(jobs)
             groups: dict[tuple, list[int]] = {}
             for i, job in enumerate(jobs):
-                groups.setdefault((job["max_tokens"], job["temperature"], job["top_p"], job["seed"]), []).append(i)
-            for (max_tokens, temperature, top_p, seed), idx in groups.items():
+                groups.setdefault((job["temperature"], job["top_p"], job["seed"]), []).append(i)
+            for (temperature, top_p, seed), idx in groups.items():
+                # As static batching does: the batch runs until its longest reply; each reply is then
+                # cut to its own max_tokens.
                 prompts = [self.lm.format_chat(jobs[i]["messages"]) for i in idx]
-                gens = self.lm.generate(prompts, chat=False, max_new_tokens=max_tokens, temperature=temperature,
-                                        top_p=top_p, seed=seed, batch_size=len(prompts), progress=False)
+                gens = self.lm.generate(prompts, chat=False, max_new_tokens=max(jobs[i]["max_tokens"] for i in idx),
+                                        min_new_tokens=max(jobs[i]["min_tokens"] for i in idx),
+                                        temperature=temperature, top_p=top_p, seed=seed, batch_size=len(prompts),
+                                        progress=False)
                 for i, g in zip(idx, gens, strict=True):
-                    results[i] = g
+                    results[i] = self._cut(g, jobs[i]["max_tokens"])
             return results
+
+        def _cut(self, gen, max_tokens: int):
+            if gen.new_tokens <= max_tokens:
+                return gen
+            ids = self.lm.tokenizer(gen.text, add_special_tokens=False)["input_ids"][:max_tokens]
+            return replace(gen, text=self.lm.tokenizer.decode(ids), new_tokens=max_tokens, finish_reason="length")
 
         @api.post("/completions")
         async def completions(self, request: Request):
@@ -263,7 +280,7 @@ def _chat_deployment():
                 except RequestError as exc:
                     return error_response(exc)
                 if job["stream"]:
-                    return StreamingResponse(self._engine_sse(handle, tokens, rid, created),
+                    return StreamingResponse(self._engine_sse(handle, tokens, rid, created, job["include_usage"]),
                                              media_type="text/event-stream")
                 try:
                     while await tokens.get() is not None:
@@ -285,7 +302,7 @@ def _chat_deployment():
             from labkit.engine import QueueFull, SamplingParams
 
             params = SamplingParams(max_tokens=job["max_tokens"], temperature=job["temperature"], top_p=job["top_p"],
-                                    seed=job["seed"])
+                                    seed=job["seed"], min_tokens=job["min_tokens"])
             try:
                 return self.engine.submit(self.lm.format_chat(job["messages"]), params, request_id=rid,
                                           on_token=on_token)
@@ -300,10 +317,15 @@ def _chat_deployment():
             return {"id": rid, "object": "chat.completion", "created": created, "model": self.lm.name,
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                                  "finish_reason": r.finish_reason}],
-                    "usage": {"prompt_tokens": r.prompt_tokens, "completion_tokens": len(r.generated),
-                              "total_tokens": len(r.tokens), "time_to_first_token_s": handle.ttft_s}}
+                    "usage": self._usage(handle)}
 
-        async def _engine_sse(self, handle, tokens: asyncio.Queue, rid: str, created: int):
+        @staticmethod
+        def _usage(handle) -> dict:
+            r = handle.request
+            return {"prompt_tokens": r.prompt_tokens, "completion_tokens": len(r.generated),
+                    "total_tokens": len(r.tokens), "time_to_first_token_s": handle.ttft_s}
+
+        async def _engine_sse(self, handle, tokens: asyncio.Queue, rid: str, created: int, include_usage: bool):
             """Tokens as the engine makes them; the text sent is what is decodable so far (a character
             split over two tokens waits for its second half)."""
             def chunk(delta: dict, finish: str | None = None) -> str:
@@ -322,6 +344,10 @@ def _chat_deployment():
                         yield chunk({"content": text[len(sent):]})
                         sent = text
                 yield chunk({}, r.finish_reason)
+                if include_usage:  # OpenAI's stream_options: a last chunk with the usage and no choices
+                    yield "data: " + json.dumps({"id": rid, "object": "chat.completion.chunk", "created": created,
+                                                 "model": self.lm.name, "choices": [],
+                                                 "usage": self._usage(handle)}) + "\n\n"
                 yield "data: [DONE]\n\n"
             finally:  # also when the client disconnects mid-stream: the engine frees its blocks
                 if r.finish_reason is None:

@@ -185,11 +185,23 @@ def test_load_harness_batches_concurrent_requests(server):
         assert (row["status"] == 200) if good else (400 <= row["status"] < 500), row
 
 
+def test_streamed_lengths_are_exact_and_heavy_tailed(server):
+    from labkit.loadtest import heavy_tailed_lengths
+
+    lengths = heavy_tailed_lengths(2000, seed=3)
+    assert min(lengths) == 8 and max(lengths) == 256 and sorted(lengths)[1000] < 20, "mostly short, a few long"
+    report = load_test(server, requests=4, concurrency=4, lengths=[3, 9, 5, 12], stream=True, progress=False)
+    assert [row["tokens"] for row in report["rows"]] == [3, 9, 5, 12], "min_tokens holds the end-of-turn back"
+    assert all(row["ttft_s"] <= row["latency_s"] for row in report["rows"])
+
+
 def test_load_harness_refuses_other_hosts_and_bad_bounds():
     with pytest.raises(ValueError, match="only targets this machine"):
         load_test("http://example.com:8000", requests=1)
     with pytest.raises(ValueError, match="concurrency"):
         load_test("http://127.0.0.1:9", requests=1, concurrency=0)
+    with pytest.raises(ValueError, match="open-loop mode needs a rate"):
+        load_test("http://127.0.0.1:9", requests=1, mode="open")
     assert percentile([3, 1, 2, 4], 50) == 2 and percentile([1, 2, 3, 4], 99) == 4
 
 
@@ -212,6 +224,15 @@ def test_cli_bench_and_config(server, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout)
     assert report["ok"] == 4 and report["errors"] == 0
+    # Open loop, streamed, exact heavy-tailed lengths: TTFT, TPOT and goodput per request, and a plot.
+    proc = run_cli("serve", "bench", "--url", server, "--requests", "6", "--mode", "open", "--rate", "2", "8",
+                   "--stream", "--heavy-tailed", "--plot", str(tmp_path / "bench.png"), "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = json.loads(proc.stdout)
+    assert [r["rate"] for r in runs] == [2, 8] and all(r["ok"] == 6 for r in runs)
+    assert all(0 < r["ttft_s_p50"] <= r["ttft_s_p99"] and r["tpot_s_p50"] > 0 for r in runs)
+    assert all(0 <= r["met_slo"] <= 6 and r["goodput_rps"] <= r["requests_per_s"] + 1e-9 for r in runs)
+    assert (tmp_path / "bench.png").stat().st_size > 10_000
     refused = run_cli("serve", "bench", "--url", "http://10.1.2.3:8000", "--requests", "1")
     assert refused.returncode == 2 and "only targets this machine" in refused.stderr
 
