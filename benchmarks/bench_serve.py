@@ -42,7 +42,7 @@ def main() -> None:
     runs: dict[int, list[dict]] = {1: [], args.batch_size: []}
     for rep in range(args.repeats):
         for bs in runs:
-            url = lk_serve.deploy(lk_serve.ServeSettings(port=port, images=False, max_batch_size=bs,
+            url = lk_serve.deploy(lk_serve.ServeSettings(port=port, images=False, max_batch_size=bs, batching="static",
                                                          chat_num_cpus=info.resources.get("CPU", cpus),
                                                          max_tokens_limit=max(512, args.max_tokens)))
             lk_serve.wait_ready(url)
