@@ -173,8 +173,11 @@ class Engine:
                              f"{self.max_context}-token context: shorten the prompt or ask for fewer tokens")
         if self.blocks.blocks_for(len(ids) + params.max_tokens) > self.blocks.num_blocks - 1:
             raise ValueError("this request needs more KV blocks than the whole pool: give the engine more blocks")
+        if self.error is not None:
+            raise RuntimeError(f"the engine stopped after an error: {self.error!r}")
         with self._lock:
-            waiting = self._inbox.qsize() + sum(1 for r in self.live.values() if not r.token_times)
+            # list(): a copy taken in one step, while the engine's thread may be changing the dict
+            waiting = self._inbox.qsize() + sum(1 for r in list(self.live.values()) if not r.token_times)
             if waiting >= self.max_queue:
                 raise QueueFull(f"{waiting} requests are already waiting (the limit is {self.max_queue}); "
                                 "retry shortly", retry_after_s=max(1.0, self._seconds_per_iteration() * 8))
@@ -226,6 +229,9 @@ class Engine:
                 self.step()
         except BaseException as exc:  # the engine died: every caller gets an end, not a hang
             self.error = exc
+            while not self._inbox.empty():
+                request = self._inbox.get()
+                self.live[request.id] = request
             for request in list(self.live.values()):
                 self._finish(request, "error")
             raise

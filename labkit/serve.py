@@ -380,7 +380,7 @@ def _chat_deployment():
             return {"batching": "continuous", "batches": [row["decode_rows"] for row in timeline if row["decode_rows"]],
                     "max_batch_size": self.s.max_batch_size, "scheduler": self.s.scheduler,
                     "live": len(self.engine.live), "blocks_used": self.engine.blocks.used,
-                    "cancelled": sum(r.finish_reason == "cancelled" for r in self.engine.finished),
+                    "cancelled": sum(r.finish_reason == "cancelled" for r in list(self.engine.finished)),
                     "blocks_total": self.engine.blocks.num_blocks - 1}
 
     return ChatServer

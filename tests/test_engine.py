@@ -186,3 +186,20 @@ def test_the_engine_thread_streams_tokens_as_they_are_made(lm):
         eng.stop()
     assert eng.error is None
     assert torch.is_inference_mode_enabled() is False
+
+
+def test_an_engine_that_fails_ends_every_request_and_refuses_new_ones(lm):
+    eng = engine(lm, max_batch=2)
+
+    def broken_forward(*args, **kwargs):
+        raise RuntimeError("out of memory (injected)")
+
+    eng._forward = broken_forward  # a fault in the worker, as an allocation failure would be
+    handles = [eng.submit(lm.format_chat(p), SamplingParams(max_tokens=8)) for p in PROMPTS[:3]]
+    eng.start()
+    for h in handles:
+        assert h.result(timeout=30) == [] and h.request.finish_reason == "error", "callers get an end, not a hang"
+    eng._thread.join(timeout=30)
+    assert "injected" in repr(eng.error)
+    with pytest.raises(RuntimeError, match="engine stopped after an error"):
+        eng.submit(lm.format_chat(PROMPTS[0]))
