@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from labkit.fastgen import top_p_probs
 from labkit.kv_blocks import BlockManager, PagedKVPool, register_paged_attention
 from labkit.scheduling import PREFILL_MODES, Scheduled, make_policy
 
@@ -337,12 +338,7 @@ class Engine:
             logits[list(self.eos)] = float("-inf")
         if p.temperature == 0:
             return int(logits.argmax())
-        probs = torch.softmax(logits.float() / p.temperature, -1)
-        if p.top_p < 1:  # the smallest set of tokens whose probabilities add up to top_p
-            sorted_probs, order = probs.sort(descending=True)
-            drop = sorted_probs.cumsum(-1) - sorted_probs > p.top_p
-            probs = probs.scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
-        return int(torch.multinomial(probs, 1, generator=request.generator))
+        return int(torch.multinomial(top_p_probs(logits, p.temperature, p.top_p), 1, generator=request.generator))
 
     def _emit(self, request: Request, token: int) -> None:
         request.tokens.append(token)

@@ -265,12 +265,7 @@ class FastDecoder:
             logits[:, eos] = float("-inf")
         if temperature == 0:
             return logits.argmax(-1)
-        probs = torch.softmax(logits / temperature, -1)
-        if top_p < 1:  # keep the smallest set of tokens whose probabilities add up to top_p
-            sorted_probs, order = probs.sort(-1, descending=True)
-            drop = sorted_probs.cumsum(-1) - sorted_probs > top_p
-            probs = probs.scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
-        return torch.multinomial(probs, 1)[:, 0]
+        return torch.multinomial(top_p_probs(logits, temperature, top_p), 1)[:, 0]
 
     def warm_up(self, *, batch_size: int, prompt_tokens: int = 64, max_new_tokens: int = 64) -> float:
         """Compile the step for this shape now (a Serve replica or Ray actor does it at start-up).
@@ -284,6 +279,17 @@ class FastDecoder:
         self.generate([[0] * prompt_tokens] * batch_size, max_new_tokens=2, eos_token_ids=set(),
                       pad_token_id=0)
         return self.compile_seconds.get(shape, 0.0)
+
+
+def top_p_probs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """Sampling probabilities: softmax at ``temperature``, keeping the smallest set of tokens whose
+    probabilities add up to ``top_p`` (nucleus sampling); works on the last dimension."""
+    probs = torch.softmax(logits.float() / temperature, -1)
+    if top_p < 1:
+        sorted_probs, order = probs.sort(-1, descending=True)
+        drop = sorted_probs.cumsum(-1) - sorted_probs > top_p
+        probs = probs.scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
+    return probs
 
 
 def _cut_after_eos(row: list[int], eos_token_ids: set[int]) -> list[int]:
