@@ -27,6 +27,7 @@ Example:
 # route signatures (defined inside functions, so string annotations could not be resolved).
 import asyncio
 import base64
+import functools
 import io
 import json
 import time
@@ -196,6 +197,13 @@ def parse_image_request(body: dict, *, sizes: list[int], max_images: int) -> dic
             "seed": _number(body, "seed", 0, low=0, high=2**32 - 1, integer=True)}
 
 
+def _sse_chunk(rid: str, created: int, model: str, delta: dict, finish: str | None = None) -> str:
+    """One server-sent event of an OpenAI chat-completion stream."""
+    return "data: " + json.dumps({"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+                                  "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]},
+                                 ensure_ascii=False) + "\n\n"
+
+
 # --- the deployments ----------------------------------------------------------------------------
 
 def _chat_deployment():
@@ -328,11 +336,7 @@ def _chat_deployment():
         async def _engine_sse(self, handle, tokens: asyncio.Queue, rid: str, created: int, include_usage: bool):
             """Tokens as the engine makes them; the text sent is what is decodable so far (a character
             split over two tokens waits for its second half)."""
-            def chunk(delta: dict, finish: str | None = None) -> str:
-                return "data: " + json.dumps({"id": rid, "object": "chat.completion.chunk", "created": created,
-                                              "model": self.lm.name, "choices": [
-                                                  {"index": 0, "delta": delta, "finish_reason": finish}]},
-                                             ensure_ascii=False) + "\n\n"
+            chunk = functools.partial(_sse_chunk, rid, created, self.lm.name)
 
             r, sent, reply = handle.request, "", []
             try:
@@ -356,11 +360,7 @@ def _chat_deployment():
         async def _sse(self, job: dict, rid: str, created: int):
             from starlette.concurrency import iterate_in_threadpool
 
-            def chunk(delta: dict, finish: str | None = None) -> str:
-                return "data: " + json.dumps({"id": rid, "object": "chat.completion.chunk", "created": created,
-                                              "model": self.lm.name, "choices": [
-                                                  {"index": 0, "delta": delta, "finish_reason": finish}]},
-                                             ensure_ascii=False) + "\n\n"
+            chunk = functools.partial(_sse_chunk, rid, created, self.lm.name)
 
             yield chunk({"role": "assistant", "content": ""})
             pieces = self.lm.stream(job["messages"], max_new_tokens=job["max_tokens"],
