@@ -77,6 +77,21 @@ def kuberay_crds():
 
 
 @contextlib.contextmanager
+def closed_port():
+    """A loopback port nobody listens on, for as long as the block runs.
+
+    The socket stays bound but never listens: connections are refused at once, and no other
+    process (a Ray worker choosing a random port, say) can take the port in the meantime. CI once
+    saw a Ray agent answer on a port that had been bound and released a moment before.
+    """
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
+
+
+@contextlib.contextmanager
 def ray_head(*, num_cpus: int = 1, dashboard: bool = False):
     """A `ray start --head` node with token auth that stops without touching other clusters.
 

@@ -9,7 +9,7 @@ import shlex
 import sys
 
 import pytest
-from conftest import ray_head, run_cli
+from conftest import closed_port, ray_head, run_cli
 
 from labkit import jobs
 from labkit.k8s.presets import batch_entrypoint
@@ -67,12 +67,8 @@ def test_failures_are_reported_clearly(head, tmp_path):
     unknown = run_cli("jobs", "status", "no-such-job", "--address", head)
     assert unknown.returncode == 2 and "no job 'no-such-job'" in unknown.stderr
 
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed = s.getsockname()[1]
-    nobody = run_cli("jobs", "list", "--address", f"http://127.0.0.1:{closed}")
+    with closed_port() as port:
+        nobody = run_cli("jobs", "list", "--address", f"http://127.0.0.1:{port}")
     assert nobody.returncode == 2 and "no Ray jobs API answers" in nobody.stderr and "port-forward" in nobody.stderr
 
     wrong_token = run_cli("jobs", "list", "--address", head, env={"RAY_AUTH_TOKEN": "not-the-token"})

@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import yaml
 from conftest import EXAMPLE_IMAGE as IMAGE
+from conftest import closed_port
 
 from labkit.k8s import preset
 from labkit.k8s.cluster import ClusterError, apply, connect, delete, summary
@@ -148,15 +149,11 @@ def test_rbac_refusals_say_what_to_ask_for(tmp_path, api_server, mode):
 def test_no_kubeconfig_and_no_server_are_clear(tmp_path):
     with pytest.raises(ClusterError, match="no usable kubeconfig.*KUBECONFIG.*render"):
         connect(kubeconfig=str(tmp_path / "missing"))
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed_port = s.getsockname()[1]
-    api = connect(kubeconfig=_kubeconfig(tmp_path, closed_port))
-    api.configuration.retries = 0
-    with pytest.raises(ClusterError, match="cannot reach the Kubernetes API server"):
-        apply(preset("cpu", image=IMAGE), api_client=api)
+    with closed_port() as port:
+        api = connect(kubeconfig=_kubeconfig(tmp_path, port))
+        api.configuration.retries = 0
+        with pytest.raises(ClusterError, match="cannot reach the Kubernetes API server"):
+            apply(preset("cpu", image=IMAGE), api_client=api)
 
 
 def test_delete_goes_in_reverse_and_reports_missing_objects(tmp_path, api_server):

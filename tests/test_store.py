@@ -7,14 +7,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 
 import pytest
-from conftest import REPO, run_cli
+from conftest import REPO, closed_port, run_cli
 
 from labkit import store
 
@@ -145,14 +144,12 @@ def test_hub_reachability_follows_hf_endpoint_and_offline_mode(monkeypatch):
     finally:
         server.shutdown()
 
-    with socket.socket() as s:  # a port nobody listens on: unreachable, and quickly
-        s.bind(("127.0.0.1", 0))
-        closed = s.getsockname()[1]
-    monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed}")
-    t0 = time.monotonic()
-    assert not store.hub_reachable(timeout=2)
-    assert time.monotonic() - t0 < 5
+    with closed_port() as closed:  # unreachable, and quickly
+        monkeypatch.delenv("HF_HUB_OFFLINE")
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed}")
+        t0 = time.monotonic()
+        assert not store.hub_reachable(timeout=2)
+        assert time.monotonic() - t0 < 5
 
 
 def test_unknown_source_and_model_are_clear_errors(isolated_home):
