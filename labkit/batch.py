@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from labkit import data, profiles
+from labkit.chat_request import check_generation
 from labkit.ray_runtime import init_ray
 
 MAX_PROMPT_CHARS = 20_000  # longer rows are refused before they reach a model (one would fill the context)
@@ -309,9 +310,12 @@ def run_batch(source: str | Path, output_dir: str | Path, *, task: str = "chat",
 
     if task not in ("chat", "image"):
         raise ValueError(f"task must be 'chat' or 'image', got {task!r}")
-    for name, value in [("actors", actors), ("batch_size", batch_size), ("max_new_tokens", max_new_tokens)]:
+    for name, value in [("actors", actors), ("batch_size", batch_size)]:
         if not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if task == "chat":  # before any actor starts: the same check the model itself makes
+        check_generation(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                         min_new_tokens=min_new_tokens)
     if num_gpus < 0 or (num_gpus > 1 and num_gpus != int(num_gpus)):
         raise ValueError(f"num_gpus must be >= 0, and a whole number above 1 (0.5 shares a GPU), got {num_gpus}")
     spec = profiles.model_for(task, profile)

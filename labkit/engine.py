@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from labkit.chat_request import SamplingParams  # the one checked settings type (re-exported here)
 from labkit.fastgen import top_p_probs
 from labkit.kv_blocks import BlockManager, PagedKVPool, register_paged_attention
 from labkit.scheduling import PREFILL_MODES, Scheduled, make_policy
@@ -47,18 +48,6 @@ class QueueFull(RuntimeError):
     def __init__(self, message: str, *, retry_after_s: float):
         super().__init__(message)
         self.retry_after_s = retry_after_s
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """One request's settings. ``temperature == 0`` is greedy; ``seed`` makes sampling repeatable;
-    ``min_tokens`` holds back the end-of-turn token that long (benchmarks use it for exact lengths)."""
-
-    max_tokens: int = 128
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    min_tokens: int = 0
 
 
 @dataclass(eq=False)
@@ -159,13 +148,14 @@ class Engine:
 
     # --- the caller's side ----------------------------------------------------------------
 
-    def submit(self, prompt: str | list[int], params: SamplingParams = SamplingParams(), *,
+    def submit(self, prompt: str | list[int], params: SamplingParams | None = None, *,
                request_id: str | None = None, on_token: Callable[[int | None], None] | None = None) -> RequestHandle:
         """Queue a prompt (text, or token ids); raises ``QueueFull`` or ``ValueError`` (too long).
 
         ``on_token`` is called from the engine's thread with each new token id and then ``None``;
         an asyncio server passes ``lambda t: loop.call_soon_threadsafe(queue.put_nowait, t)``.
         """
+        params = SamplingParams() if params is None else params
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"] if isinstance(prompt, str) else list(prompt)
         if not ids:
             raise ValueError("the prompt has no tokens")

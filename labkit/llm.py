@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from labkit import profiles, store
+from labkit.chat_request import check_generation, check_messages, check_prompt
 from labkit.fastgen import FastDecoder, suggest_batch_size
 
 Messages = list[dict[str, str]]
@@ -107,7 +108,7 @@ class ChatModel:
 
     def tokenize(self, text: str) -> list[tuple[int, str]]:
         """(id, piece) pairs, to see how the model splits text."""
-        _check_text(text, "text")
+        check_prompt(text, "text")
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return [(i, self.tokenizer.decode([i])) for i in ids]
 
@@ -115,7 +116,7 @@ class ChatModel:
         """Render messages with the model's own chat template, ready for generation."""
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
-        _check_messages(messages)
+        messages = check_messages(messages)
         if system is not None:
             messages = [{"role": "system", "content": system}, *messages]
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -135,8 +136,15 @@ class ChatModel:
         (``labkit.fastgen.suggest_batch_size``).
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        _check_prompts(prompts)
-        _check_sampling(max_new_tokens, temperature, top_p, 1 if batch_size is None else batch_size)
+        if not prompts:
+            raise ValueError("no prompts given: pass a string or a non-empty list of strings")
+        for i, p in enumerate(prompts):
+            check_prompt(p, f"prompt {i}")
+        check_generation(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                         min_new_tokens=min_new_tokens)
+        if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool)
+                                       or batch_size <= 0):
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if max_new_tokens >= self.context_length:
             raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for the prompt in the "
                              f"{self.context_length}-token context: use fewer new tokens")
@@ -176,7 +184,7 @@ class ChatModel:
         """Yield the reply piece by piece as it is generated (for a chat widget)."""
         from transformers import TextIteratorStreamer
 
-        _check_sampling(max_new_tokens, temperature, top_p, 1)
+        check_generation(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
         ids = self._encode(self.format_chat(messages, system=system), 0, max_new_tokens)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         if seed is not None:
@@ -284,39 +292,3 @@ def measure_throughput(lm: ChatModel, prompts: Sequence[str], *, batch_sizes: Se
                           repeats=repeats, progress=progress)
     return [{"batch_size": r["batch_size"], "tokens_per_s": r["tokens_per_s"], "ms_per_step": r["ms_per_step"],
              "new_tokens": r["batch_size"] * max_new_tokens} for r in rows]
-
-
-# --- input checks: clear messages here instead of a crash deep inside torch ---------------------
-
-def _check_text(text: object, what: str) -> None:
-    if not isinstance(text, str):
-        raise TypeError(f"{what} must be a string, got {type(text).__name__}")
-    if not text.strip():
-        raise ValueError(f"{what} is empty: give the model something to respond to")
-
-
-def _check_prompts(prompts: list) -> None:
-    if not prompts:
-        raise ValueError("no prompts given: pass a string or a non-empty list of strings")
-    for i, p in enumerate(prompts):
-        _check_text(p, f"prompt {i}")
-
-
-def _check_messages(messages: Messages) -> None:
-    if not isinstance(messages, list) or not messages:
-        raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise ValueError(f"message {i} must be a dict with 'role' and 'content', got {m!r}")
-        _check_text(m["content"], f"message {i} content")
-
-
-def _check_sampling(max_new_tokens: int, temperature: float, top_p: float, batch_size: int) -> None:
-    if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
-        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if not isinstance(batch_size, int) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")

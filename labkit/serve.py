@@ -35,11 +35,10 @@ import uuid
 from dataclasses import asdict, dataclass, replace
 
 from labkit import profiles
+from labkit.chat_request import InvalidRequest, parse_chat_completion
 from labkit.ray_runtime import LOOPBACK, init_ray
 
 MAX_BODY_BYTES = 64 * 1024  # a chat request is a few KB; anything far larger is a mistake or an attack
-MAX_MESSAGES = 64
-ROLES = ("system", "user", "assistant")
 
 
 @dataclass
@@ -91,7 +90,7 @@ class ServeSettings:
 
 
 class RequestError(Exception):
-    """A client mistake: becomes an HTTP 4xx with an OpenAI-style error body."""
+    """A client mistake (4xx) or a server fault (5xx): becomes an OpenAI-style error body."""
 
     def __init__(self, message: str, *, param: str | None = None, status: int = 400,
                  retry_after_s: float | None = None):
@@ -102,7 +101,7 @@ class RequestError(Exception):
 def error_response(exc: RequestError):
     from fastapi.responses import JSONResponse
 
-    kind = "rate_limit_error" if exc.status == 429 else "invalid_request_error"
+    kind = {429: "rate_limit_error"}.get(exc.status, "server_error" if exc.status >= 500 else "invalid_request_error")
     headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))} if exc.retry_after_s else None
     return JSONResponse({"error": {"message": str(exc), "type": kind, "param": exc.param, "code": None}},
                         status_code=exc.status, headers=headers)
@@ -140,40 +139,15 @@ def _number(body: dict, name: str, default, *, low: float, high: float, integer:
 
 
 def parse_chat_request(body: dict, *, max_tokens_limit: int, default_max_tokens: int) -> dict:
-    """Validate an OpenAI chat-completions body; returns the fields the model needs."""
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise RequestError("'messages' must be a non-empty list of {role, content} objects", param="messages")
-    if len(messages) > MAX_MESSAGES:
-        raise RequestError(f"at most {MAX_MESSAGES} messages per request", param="messages")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ROLES:
-            raise RequestError(f"messages[{i}] needs a 'role' of {', '.join(ROLES)}", param=f"messages[{i}].role")
-        if not isinstance(m.get("content"), str) or not m["content"].strip():
-            raise RequestError(f"messages[{i}].content must be a non-empty string", param=f"messages[{i}].content")
-    if messages[-1]["role"] == "assistant":
-        raise RequestError("the last message must come from the user (or system), not the assistant",
-                           param="messages")
-    n = _number(body, "n", 1, low=1, high=1, integer=True)
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise RequestError("'stream' must be true or false", param="stream")
-    limit_name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    max_tokens = _number(body, limit_name, default_max_tokens, low=1, high=max_tokens_limit, integer=True)
-    options = body.get("stream_options") or {}
-    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
-        raise RequestError("'stream_options' must be an object like {\"include_usage\": true}", param="stream_options")
-    return {
-        "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
-        "max_tokens": max_tokens,
-        # vLLM's extension: hold back the end-of-turn token this long (load tests use it for exact lengths)
-        "min_tokens": _number(body, "min_tokens", 0, low=0, high=max_tokens, integer=True),
-        "include_usage": options.get("include_usage", False),
-        "temperature": float(_number(body, "temperature", 0.0, low=0, high=2)),
-        "top_p": float(_number(body, "top_p", 1.0, low=1e-6, high=1)),
-        "seed": _number(body, "seed", None, low=0, high=2**32 - 1, integer=True),
-        "stream": stream, "n": n,
-    }
+    """An OpenAI chat-completions body, checked by ``labkit.chat_request`` (the one check every door
+    shares): the messages, the ``SamplingParams`` to run with, and how to answer."""
+    try:
+        req = parse_chat_completion(body)
+        params = req.sampling(default_max_tokens=default_max_tokens, max_tokens_limit=max_tokens_limit)
+    except InvalidRequest as exc:
+        raise RequestError(str(exc), param=exc.param) from None
+    return {"messages": req.message_dicts(), "params": params, "stream": req.stream,
+            "include_usage": req.include_usage}
 
 
 def parse_image_request(body: dict, *, sizes: list[int], max_images: int) -> dict:
@@ -249,17 +223,19 @@ def _chat_deployment():
             results: list = [None] * len(jobs)
             groups: dict[tuple, list[int]] = {}
             for i, job in enumerate(jobs):
-                groups.setdefault((job["temperature"], job["top_p"], job["seed"]), []).append(i)
+                p = job["params"]
+                groups.setdefault((p.temperature, p.top_p, p.seed), []).append(i)
             for (temperature, top_p, seed), idx in groups.items():
                 # As static batching does: the batch runs until its longest reply; each reply is then
                 # cut to its own max_tokens.
                 prompts = [self.lm.format_chat(jobs[i]["messages"]) for i in idx]
-                gens = self.lm.generate(prompts, chat=False, max_new_tokens=max(jobs[i]["max_tokens"] for i in idx),
-                                        min_new_tokens=max(jobs[i]["min_tokens"] for i in idx),
+                params = [jobs[i]["params"] for i in idx]
+                gens = self.lm.generate(prompts, chat=False, max_new_tokens=max(p.max_tokens for p in params),
+                                        min_new_tokens=max(p.min_tokens for p in params),
                                         temperature=temperature, top_p=top_p, seed=seed, batch_size=len(prompts),
                                         progress=False)
                 for i, g in zip(idx, gens, strict=True):
-                    results[i] = self._cut(g, jobs[i]["max_tokens"])
+                    results[i] = self._cut(g, jobs[i]["params"].max_tokens)
             return results
 
         def _cut(self, gen, max_tokens: int):
@@ -296,6 +272,9 @@ def _chat_deployment():
                 finally:  # cancelled (the client hung up) before the end: free the slot
                     if handle.request.finish_reason is None:
                         handle.cancel()
+                if handle.request.finish_reason == "error":  # the engine failed under it: a server error, not a reply
+                    return error_response(RequestError(f"the model failed while generating: {self.engine.error!r}",
+                                                       status=500))
                 return self._engine_reply(handle, rid, created)
             if job["stream"]:
                 return StreamingResponse(self._sse(job, rid, created), media_type="text/event-stream")
@@ -307,15 +286,15 @@ def _chat_deployment():
                               "total_tokens": gen.prompt_tokens + gen.new_tokens}}
 
         def _submit(self, job: dict, rid: str, on_token):
-            from labkit.engine import QueueFull, SamplingParams
+            from labkit.engine import QueueFull
 
-            params = SamplingParams(max_tokens=job["max_tokens"], temperature=job["temperature"], top_p=job["top_p"],
-                                    seed=job["seed"], min_tokens=job["min_tokens"])
             try:
-                return self.engine.submit(self.lm.format_chat(job["messages"]), params, request_id=rid,
+                return self.engine.submit(self.lm.format_chat(job["messages"]), job["params"], request_id=rid,
                                           on_token=on_token)
             except QueueFull as exc:
                 raise RequestError(str(exc), status=429, retry_after_s=exc.retry_after_s) from None
+            except RuntimeError as exc:  # the engine stopped after an error: this replica cannot serve
+                raise RequestError(str(exc), status=503) from None
             except ValueError as exc:
                 raise RequestError(str(exc), param="messages") from None
 
@@ -363,8 +342,9 @@ def _chat_deployment():
             chunk = functools.partial(_sse_chunk, rid, created, self.lm.name)
 
             yield chunk({"role": "assistant", "content": ""})
-            pieces = self.lm.stream(job["messages"], max_new_tokens=job["max_tokens"],
-                                    temperature=job["temperature"], top_p=job["top_p"], seed=job["seed"])
+            p = job["params"]
+            pieces = self.lm.stream(job["messages"], max_new_tokens=p.max_tokens, temperature=p.temperature,
+                                    top_p=p.top_p, seed=p.seed)
             async for piece in iterate_in_threadpool(pieces):
                 yield chunk({"content": piece})
             yield chunk({}, "stop")

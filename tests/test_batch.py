@@ -182,3 +182,12 @@ def test_cli_batch(tmp_path):
     assert "7 rows: 0 ok, 7 errors" in proc.stdout
     proc = run_cli("batch", "prompts_500", "--output", str(tmp_path / "out"), "--actors", "0")
     assert proc.returncode == 2 and "actors must be a positive integer" in proc.stderr
+
+
+def test_bad_sampling_settings_are_refused_before_any_actor_starts(tmp_path):
+    src = _write_jsonl(tmp_path / "in.jsonl", _good_rows(2))
+    with pytest.raises(ValueError, match="'temperature' must be a finite number, got NaN"):
+        run_batch(src, tmp_path / "a", temperature=float("nan"), progress=False)
+    with pytest.raises(ValueError, match="'max_new_tokens' must be an integer, got 2.5"):
+        run_batch(src, tmp_path / "b", max_new_tokens=2.5, progress=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
