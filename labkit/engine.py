@@ -38,8 +38,12 @@ import torch
 
 from labkit.chat_request import SamplingParams  # the one checked settings type (re-exported here)
 from labkit.fastgen import top_p_probs
-from labkit.kv_blocks import BlockManager, PagedKVPool, register_paged_attention
+from labkit.kv_blocks import BlockManager, KVHandoff, PagedKVPool, register_paged_attention
 from labkit.scheduling import PREFILL_MODES, Scheduled, make_policy
+
+# "both": prefill and decode here. DistServe splits them: a "prefill" engine ends each request after
+# its first token and hands its KV over (``Request.handoff``); a "decode" engine takes such handoffs.
+ROLES = ("both", "prefill", "decode")
 
 
 class QueueFull(RuntimeError):
@@ -67,6 +71,7 @@ class Request:
     outbox: queue.Queue = field(default_factory=queue.Queue)  # new token ids, then None at the end
     done: threading.Event = field(default_factory=threading.Event)
     on_token: Callable[[int | None], None] | None = None  # also told each token, then None (an event loop's bridge)
+    handoff: KVHandoff | None = None  # prefilled elsewhere (arriving), or for elsewhere (leaving a prefill engine)
 
     @property
     def generated(self) -> list[int]:
@@ -110,15 +115,18 @@ class Engine:
     (default: room for ``max_batch`` full contexts of ``max_context`` tokens). ``max_queue``: most
     requests waiting to start. ``policy``: ``"fcfs"`` or ``"mlfq"``; ``prefill``: one of
     ``labkit.scheduling.PREFILL_MODES``; ``chunk_tokens``: the prompt tokens per iteration in
-    ``"chunked"`` mode.
+    ``"chunked"`` mode. ``role``: see ``ROLES`` (``labkit.disaggregation`` pairs the two halves).
     """
 
     def __init__(self, model, tokenizer, *, max_batch: int = 16, block_size: int = 16,
                  num_blocks: int | None = None, max_context: int = 1024, max_queue: int = 64,
                  policy: str = "fcfs", policy_options: dict | None = None, prefill: str = "prefill-first",
-                 chunk_tokens: int = 64, prefill_tokens_per_step: int = 32):
+                 chunk_tokens: int = 64, prefill_tokens_per_step: int = 32, role: str = "both"):
         if prefill not in PREFILL_MODES:
             raise ValueError(f"unknown prefill mode {prefill!r}: use one of {', '.join(PREFILL_MODES)}")
+        if role not in ROLES:
+            raise ValueError(f"unknown engine role {role!r}: use one of {', '.join(ROLES)}")
+        self.role = role
         self.model, self.tokenizer = model.eval(), tokenizer
         if not hasattr(model, "set_attn_implementation"):
             raise TypeError("the engine needs a transformers model (one with set_attn_implementation)")
@@ -139,6 +147,7 @@ class Engine:
         self.finished: deque[Request] = deque(maxlen=4096)  # the latest, for statistics
         self.timeline: deque[dict] = deque(maxlen=100_000)  # one row per iteration, for the lab's plots
         self._arrivals = 0
+        self.preemptions = 0  # requests that lost their blocks and will be prefilled again
         self._inbox: queue.Queue = queue.Queue()
         self._cancelled: set[str] = set()
         self._lock = threading.Condition()
@@ -148,15 +157,23 @@ class Engine:
 
     # --- the caller's side ----------------------------------------------------------------
 
-    def submit(self, prompt: str | list[int], params: SamplingParams | None = None, *,
+    def submit(self, prompt: str | list[int] | KVHandoff, params: SamplingParams | None = None, *,
                request_id: str | None = None, on_token: Callable[[int | None], None] | None = None) -> RequestHandle:
         """Queue a prompt (text, or token ids); raises ``QueueFull`` or ``ValueError`` (too long).
 
         ``on_token`` is called from the engine's thread with each new token id and then ``None``;
         an asyncio server passes ``lambda t: loop.call_soon_threadsafe(queue.put_nowait, t)``.
+        A ``KVHandoff`` from a ``role="prefill"`` engine continues that request here from its
+        second token, with the keys and values it brought (no prefill; DistServe's decode side).
         """
         params = SamplingParams() if params is None else params
-        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"] if isinstance(prompt, str) else list(prompt)
+        handoff = prompt if isinstance(prompt, KVHandoff) else None
+        if handoff is not None:
+            ids = handoff.tokens[:handoff.prompt_tokens]
+        elif isinstance(prompt, str):
+            ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        else:
+            ids = list(prompt)
         if not ids:
             raise ValueError("the prompt has no tokens")
         if len(ids) + params.max_tokens > self.max_context:
@@ -176,8 +193,8 @@ class Engine:
             rid = request_id or f"req-{self._arrivals}"
             seed = params.seed if params.seed is not None else secrets.randbits(63)
             generator = torch.Generator(device=self.device).manual_seed(seed)
-            request = Request(rid, ids, len(ids), params, generator, Scheduled(rid, self._arrivals, len(ids)),
-                              on_token=on_token)
+            request = Request(rid, list(handoff.tokens) if handoff else ids, len(ids), params, generator,
+                              Scheduled(rid, self._arrivals, len(ids)), on_token=on_token, handoff=handoff)
             self._inbox.put(request)
             self._lock.notify()
         return RequestHandle(self, request)
@@ -236,6 +253,11 @@ class Engine:
             request = self._inbox.get()
             self.policy.admit(request.sched, prefill_tokens_per_step=self.prefill_tokens_per_step)
             self.live[request.id] = request
+            if request.handoff is not None:  # prefilled elsewhere: its keys and values go into our blocks
+                if self.blocks.grow(request.id, request.prompt_tokens):  # else: prefilled here, like a preempted one
+                    self.pool.write(self.blocks.tables[request.id], request.handoff.keys, request.handoff.values)
+                    request.computed = request.prompt_tokens
+                request.handoff = None
         with self._lock:
             cancelled, self._cancelled = self._cancelled, set()
         for rid in cancelled & self.live.keys():
@@ -267,6 +289,8 @@ class Engine:
                 if request.computed == len(request.tokens):
                     self._emit(request, self._sample(request, row))
                     new_tokens[request.id] = 1
+                    if self.role == "prefill" and request.finish_reason is None:
+                        self._hand_off(request)
         prefilled = sum(n for _, n in chunks)
         if decoding:
             logits = self._forward(decoding, [1] * len(decoding))
@@ -293,6 +317,7 @@ class Engine:
                 if not victims:
                     break
                 self.blocks.release(victims[0].id)
+                self.preemptions += 1
                 victims[0].computed = 0  # its prompt and reply so far are prefilled again when it runs
             else:
                 chosen.append(request)
@@ -340,6 +365,13 @@ class Engine:
             self._finish(request, "stop")
         elif len(request.generated) >= request.params.max_tokens:
             self._finish(request, "length")
+
+    def _hand_off(self, request: Request) -> None:
+        """A prefill engine's last act for a request: its prompt's keys and values leave with it."""
+        keys, values = self.pool.read(self.blocks.tables[request.id], request.prompt_tokens)
+        request.handoff = KVHandoff(list(request.tokens), request.prompt_tokens, keys, values,
+                                    first_token_time=time.time())
+        self._finish(request, "prefilled")
 
     def _finish(self, request: Request, reason: str) -> None:
         request.finish_reason = reason

@@ -94,6 +94,26 @@ class StepKV:
     read_index: torch.Tensor
 
 
+@dataclass
+class KVHandoff:
+    """A prefilled request on its way from a prefill engine to a decode engine (DistServe).
+
+    ``tokens``: the prompt, then the first reply token; ``keys``/``values``: the prompt's, per
+    layer, ``[prompt tokens, kv heads, head size]`` on the CPU, so that Ray's object store can carry
+    them to another process. ``first_token_time``: when the first token was made (``time.time()``).
+    """
+
+    tokens: list[int]
+    prompt_tokens: int
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    first_token_time: float
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+
 class PagedKVPool:
     """The physical KV memory: per layer, keys and values for ``num_blocks x block_size`` tokens."""
 
@@ -117,6 +137,19 @@ class PagedKVPool:
         """Flat pool slots of logical positions ``start..stop-1`` of a sequence with this table."""
         bs = self.block_size
         return [table[p // bs] * bs + p % bs for p in range(start, stop)]
+
+    def read(self, table: list[int], tokens: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Copies of the keys and values of a sequence's first ``tokens`` positions, per layer (CPU)."""
+        index = torch.tensor(self.slots(table, 0, tokens), dtype=torch.long, device=self.keys[0].device)
+        return [k[index].cpu() for k in self.keys], [v[index].cpu() for v in self.values]
+
+    def write(self, table: list[int], keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+        """Put keys and values made elsewhere (``read`` on another pool) at a sequence's first positions."""
+        if len(keys) != len(self.keys) or keys[0].shape[1:] != self.keys[0].shape[1:]:
+            raise ValueError("these keys and values come from a different model (layers or heads differ)")
+        index = torch.tensor(self.slots(table, 0, keys[0].shape[0]), dtype=torch.long, device=self.keys[0].device)
+        for pool, new in zip((*self.keys, *self.values), (*keys, *values), strict=True):
+            pool.index_copy_(0, index, new.to(device=pool.device, dtype=pool.dtype))
 
     def step_inputs(self, rows: list[tuple[list[int], int, int]], *, device) -> tuple[StepKV, torch.Tensor,
                                                                                        torch.Tensor]:

@@ -1,4 +1,5 @@
-"""A small, bounded HTTP load tester for the serving lab (``labkit serve bench``).
+"""Load for the serving lab: a small, bounded HTTP load tester (``labkit serve bench``), and
+``replay``, which sends the same kind of trace straight into an in-process engine.
 
 It sends ``requests`` chat requests, at most ``concurrency`` at a time, to a server on this
 machine, and reports throughput, latency percentiles and errors. It refuses any host but loopback:
@@ -98,27 +99,101 @@ def load_test(url: str, *, requests: int = 64, concurrency: int = 16, max_tokens
                 body.update(stream=True, stream_options={"include_usage": True})
             bodies.append(body)
     bodies = bodies[:requests]
-    rng = random.Random(seed)
-    starts = None
-    if mode == "open":  # Poisson arrivals: exponential gaps
-        clock, starts = 0.0, []
-        for _ in bodies:
-            starts.append(clock)
-            clock += rng.expovariate(rate)
+    starts = poisson_arrivals(len(bodies), rate=rate, seed=seed) if mode == "open" else None
     # Open loop: every request may be in flight at once (bounded by the request count and the cap).
     gate = MAX_CONCURRENCY if mode == "open" else concurrency
     report = _run_to_completion(_run(base + CHAT_PATH, bodies, gate, timeout_s, progress, starts))
     report.update(mode=mode, rate=rate, concurrency=concurrency if mode == "closed" else None)
-    ok = [r for r in report["rows"] if r["status"] == 200]
-    if any("ttft_s" in r for r in ok):
-        for key in ("ttft_s", "tpot_s"):
-            values = [r[key] for r in ok if r.get(key) is not None]
-            report.update({f"{key}_p{q}": percentile(values, q) for q in (50, 95, 99)})
-        good = [r for r in ok if r.get("ttft_s") is not None and r["ttft_s"] <= slo_ttft_s
-                and (r.get("tpot_s") is None or r["tpot_s"] <= slo_tpot_s)]
-        report.update(slo={"ttft_s": slo_ttft_s, "tpot_s": slo_tpot_s}, met_slo=len(good),
-                      goodput_rps=len(good) / report["seconds"])
+    if any("ttft_s" in r for r in report["rows"] if r["status"] == 200):
+        report.update(slo_summary(report["rows"], report["seconds"], slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s))
     return report
+
+
+def poisson_arrivals(n: int, *, rate: float, seed: int = 0) -> list[float]:
+    """``n`` start times (seconds from 0) of a Poisson process at ``rate`` per second: exponential gaps."""
+    rng, clock, starts = random.Random(seed), 0.0, []
+    for _ in range(n):
+        starts.append(clock)
+        clock += rng.expovariate(rate)
+    return starts
+
+
+def slo_summary(rows: list[dict], seconds: float, *, slo_ttft_s: float, slo_tpot_s: float) -> dict:
+    """TTFT and TPOT percentiles of the successful rows, and goodput: requests per second that met
+    both the TTFT and the TPOT objective (DistServe's measure)."""
+    ok = [r for r in rows if r["status"] == 200]
+    out: dict = {}
+    for key in ("ttft_s", "tpot_s"):
+        values = [r[key] for r in ok if r.get(key) is not None]
+        out.update({f"{key}_p{q}": percentile(values, q) for q in (50, 95, 99)})
+    good = [r for r in ok if r.get("ttft_s") is not None and r["ttft_s"] <= slo_ttft_s
+            and (r.get("tpot_s") is None or r["tpot_s"] <= slo_tpot_s)]
+    out.update(slo={"ttft_s": slo_ttft_s, "tpot_s": slo_tpot_s}, met_slo=len(good), goodput_rps=len(good) / seconds)
+    return out
+
+
+def replay(engine, prompts: list[str], *, lengths: list[int], rate: float | None = None, seed: int = 0,
+           slo_ttft_s: float = 2.0, slo_tpot_s: float = 0.2, timeout_s: float = 1800, progress: bool = True) -> dict:
+    """The same kind of trace, straight into an in-process ``labkit.engine.Engine``: no HTTP, no Serve.
+
+    Request ``i`` asks ``prompts[i % len(prompts)]`` as a user turn for exactly ``lengths[i]``
+    tokens (greedy), arriving at Poisson times at ``rate`` per second (``None``: all at once).
+    Give two engines the same arguments and they get the very same trace, so what differs between
+    them is the engine's doing (its policy, its prefill mode), not the arrival draw or the network.
+    Rows carry TTFT, TPOT and completion time per request; the report adds ``slo_summary``, the
+    throughput, and the engine's iterations during the run (``timeline``, for occupancy plots).
+
+    Example:
+        >>> report = replay(engine, ["What is Ray?"], lengths=[16] * 8, rate=2.0)   # doctest: +SKIP
+        >>> report["goodput_rps"], report["mean_s"]                                # doctest: +SKIP
+    """
+    from labkit.engine import QueueFull, SamplingParams
+
+    n = len(lengths)
+    if not prompts or n < 1:
+        raise ValueError("replay needs at least one prompt and one length")
+    if rate is not None and not 0 < rate <= 1000:
+        raise ValueError(f"rate must be between 0 and 1000 requests per second (or None: all at once), got {rate}")
+    starts = poisson_arrivals(n, rate=rate, seed=seed) if rate else [0.0] * n
+    texts = [engine.tokenizer.apply_chat_template([{"role": "user", "content": prompts[i % len(prompts)]}],
+                                                  tokenize=False, add_generation_prompt=True) for i in range(n)]
+    bar = tqdm(total=n, desc="replay", unit="req", disable=not progress)
+    engine.start()
+    handles: list = []
+    t0 = time.perf_counter()
+    for i, (start, length) in enumerate(zip(starts, lengths, strict=True)):
+        time.sleep(max(0.0, t0 + start - time.perf_counter()))
+        try:
+            handles.append(engine.submit(texts[i], SamplingParams(max_tokens=length, min_tokens=length),
+                                         on_token=lambda token: token is None and bar.update(1)))
+        except QueueFull:
+            handles.append(None)
+            bar.update(1)
+    rows = []
+    for i, handle in enumerate(handles):
+        if handle is None:
+            rows.append({"index": i, "status": 429, "latency_s": 0.0, "tokens": 0})
+            continue
+        handle.request.done.wait(max(1.0, t0 + timeout_s - time.perf_counter()))
+        r, times = handle.request, handle.request.token_times
+        status = {"stop": 200, "length": 200, None: 0}.get(r.finish_reason, 500)
+        rows.append({"index": i, "status": status, "tokens": len(times), "arrival_s": r.arrived - t0,
+                     "latency_s": (times[-1] if times else time.perf_counter()) - r.arrived,
+                     "ttft_s": times[0] - r.arrived if times else None,
+                     "tpot_s": (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else None})
+        if status == 0:
+            handle.cancel()
+    seconds = time.perf_counter() - t0
+    bar.close()
+    ok = [r for r in rows if r["status"] == 200]
+    latencies = [r["latency_s"] for r in ok]
+    return {"requests": n, "ok": len(ok), "errors": n - len(ok), "seconds": seconds, "rate": rate,
+            "tokens_per_s": sum(r["tokens"] for r in ok) / seconds, "requests_per_s": len(ok) / seconds,
+            "p50_s": percentile(latencies, 50), "p99_s": percentile(latencies, 99),
+            "mean_s": statistics.fmean(latencies) if latencies else float("nan"), "rows": rows,
+            "timeline": [{**row, "t": row["t"] - t0} for row in list(getattr(engine, "timeline", ()))
+                         if row["t"] >= t0],
+            **slo_summary(rows, seconds, slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s)}
 
 
 def _run_to_completion(coro):

@@ -203,3 +203,48 @@ def test_an_engine_that_fails_ends_every_request_and_refuses_new_ones(lm):
     assert "injected" in repr(eng.error)
     with pytest.raises(RuntimeError, match="engine stopped after an error"):
         eng.submit(lm.format_chat(PROMPTS[0]))
+
+
+def test_a_prefill_engine_hands_its_kv_to_a_decode_engine_and_the_reply_is_the_same(lm):
+    """DistServe's split in one process: the replies equal one engine's; a decode engine without
+    room for the KV it is handed prefills the prompt itself and still gets the same reply."""
+    whole = engine(lm, max_batch=4)
+    expected = [whole.submit(lm.format_chat(p), SamplingParams(max_tokens=12)) for p in PROMPTS[:4]]
+    whole.run_until_idle()
+    prefill, decode = engine(lm, max_batch=4, role="prefill"), engine(lm, max_batch=4, role="decode")
+    firsts = [prefill.submit(lm.format_chat(p), SamplingParams(max_tokens=12)) for p in PROMPTS[:4]]
+    prefill.run_until_idle()
+    handoffs = [h.request.handoff for h in firsts]
+    assert all(h.request.finish_reason == "prefilled" and len(h.result()) == 1 for h in firsts)
+    assert prefill.blocks.used == 0, "a prefill engine keeps nothing once the KV has left"
+    per_token = handoffs[0].nbytes // handoffs[0].prompt_tokens
+    assert per_token == lm.model.config.num_hidden_layers * 2 * lm.model.config.num_key_value_heads * \
+        lm.model.config.head_dim * 4  # fp32
+    rest = [decode.submit(h, SamplingParams(max_tokens=12)) for h in handoffs]
+    decode.run_until_idle()
+    assert [h.result() for h in rest] == [h.result() for h in expected]
+    assert sum(row["prefill_tokens"] for row in decode.timeline) == 0, "the decode engine ran no prompt"
+
+    cramped = engine(lm, max_batch=4, role="decode", num_blocks=4, block_size=16)  # 3 blocks: one short prompt
+    again = cramped.submit(handoffs[0], SamplingParams(max_tokens=12))
+    cramped.run_until_idle()
+    assert again.result() == expected[0].result()
+    with pytest.raises(ValueError, match="unknown engine role"):
+        engine(lm, role="decoder")
+
+
+def test_replay_sends_one_trace_and_times_every_request(lm):
+    from labkit.loadtest import poisson_arrivals, replay
+
+    assert poisson_arrivals(5, rate=2.0, seed=3) == poisson_arrivals(5, rate=2.0, seed=3)
+    assert poisson_arrivals(5, rate=2.0, seed=3) != poisson_arrivals(5, rate=2.0, seed=4)
+    eng = engine(lm, max_batch=4)
+    try:
+        report = replay(eng, PROMPTS, lengths=[6, 3, 9, 4, 5], rate=20.0, progress=False)
+    finally:
+        eng.stop()
+    assert report["ok"] == 5 and [r["tokens"] for r in report["rows"]] == [6, 3, 9, 4, 5]
+    assert all(0 < r["ttft_s"] <= r["latency_s"] and r["tpot_s"] > 0 for r in report["rows"])
+    assert report["met_slo"] <= 5 and report["timeline"] and report["timeline"][0]["t"] >= 0
+    with pytest.raises(ValueError, match="rate must be between"):
+        replay(eng, PROMPTS, lengths=[4], rate=-1)

@@ -120,4 +120,4 @@ def test_cli_generate_and_stream(chat_model_path):
     assert out.returncode == 0, out.stderr
     assert "tokens" in out.stdout and "tok/s" in out.stdout
     bad = run_cli("generate", "x", "--max-new-tokens", "0", "--profile", "cpu")
-    assert bad.returncode == 2 and "max_new_tokens must be a positive integer" in bad.stderr
+    assert bad.returncode == 2 and "'max_new_tokens' must be a positive integer" in bad.stderr
