@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -55,9 +56,9 @@ class _PhaseWorker:
     def ready(self) -> bool:
         return True
 
-    def prefill(self, text: str, params: SamplingParams):
+    def prefill(self, text: str, params: SamplingParams, request_id: str):
         """The first token and the prompt's KV (a ``KVHandoff``), or the whole reply if that was all."""
-        handle = self.engine.submit(text, params)
+        handle = self.engine.submit(text, params, request_id=request_id)
         handle.result()
         request = handle.request
         if request.finish_reason != "prefilled":
@@ -65,14 +66,17 @@ class _PhaseWorker:
         handoff, request.handoff = request.handoff, None  # the engine keeps finished requests: not their KV
         return handoff
 
-    def decode(self, handoff, params: SamplingParams) -> dict:
+    def decode(self, handoff, params: SamplingParams, request_id: str) -> dict:
         """The rest of the reply to a ``KVHandoff`` (Ray has fetched it from the object store)."""
-        if isinstance(handoff, dict):  # finished at its first token: nothing to decode
+        if isinstance(handoff, dict):  # finished at its first token (or cancelled): nothing to decode
             return handoff
-        handle = self.engine.submit(handoff, params)
+        handle = self.engine.submit(handoff, params, request_id=request_id)
         handle.result()
         return {**self._reply(handle.request), "kv_bytes": handoff.nbytes,
                 "first_token_time": handoff.first_token_time}
+
+    def cancel(self, request_id: str) -> None:
+        self.engine.cancel(request_id)
 
     @staticmethod
     def _reply(request) -> dict:
@@ -94,11 +98,13 @@ class _PairRequest:
 
 
 class _PairHandle:
-    def __init__(self, request: _PairRequest):
-        self.request = request
+    def __init__(self, request: _PairRequest, request_id: str, actors: tuple):
+        self.request, self.id, self._actors = request, request_id, actors
 
-    def cancel(self) -> None:  # replay cancels only what timed out; the actors finish it and it is dropped
-        pass
+    def cancel(self) -> None:
+        """Stop it in whichever phase has it (a request not yet in an engine is not caught)."""
+        for actor in self._actors:
+            actor.cancel.remote(self.id)
 
 
 class DisaggregatedEngine:
@@ -133,6 +139,7 @@ class DisaggregatedEngine:
         self.decode_actor = worker.options(num_cpus=decode_cpus, max_concurrency=256).remote(
             "decode", profile, max_batch, decode_cpus)
         ray.get([self.prefill_actor.ready.remote(), self.decode_actor.ready.remote()])
+        self._ids = itertools.count(1)
 
     def start(self) -> DisaggregatedEngine:
         return self
@@ -142,11 +149,11 @@ class DisaggregatedEngine:
         """Send a prompt through both phases; the handle's request fills in when the reply is done
         (``on_token`` is told ``None`` then: no streaming between the actors in this lab)."""
         params = SamplingParams() if params is None else params
-        request = _PairRequest()
-        handoff = self.prefill_actor.prefill.remote(prompt, params)
-        reply = self.decode_actor.decode.remote(handoff, params)  # an object reference: Ray moves the KV
+        request, request_id = _PairRequest(), f"pair-{next(self._ids)}"
+        handoff = self.prefill_actor.prefill.remote(prompt, params, request_id)
+        reply = self.decode_actor.decode.remote(handoff, params, request_id)  # a reference: Ray moves the KV
         threading.Thread(target=self._collect, args=(request, reply, on_token), daemon=True).start()
-        return _PairHandle(request)
+        return _PairHandle(request, request_id, (self.prefill_actor, self.decode_actor))
 
     @staticmethod
     def _collect(request: _PairRequest, reply, on_token) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from labkit.disaggregation import DisaggregatedEngine
 from labkit.engine import Engine, SamplingParams
 
@@ -20,6 +22,11 @@ def test_the_pair_replies_as_one_engine_does_and_moves_the_kv_between_processes(
         one_token = pair.submit(lm.format_chat(PROMPTS[0]), SamplingParams(max_tokens=1))
         for h in [*handles, one_token]:
             assert h.request.done.wait(300), "the pair did not answer"
+        long = pair.submit(lm.format_chat(PROMPTS[1]), SamplingParams(max_tokens=400, min_tokens=400))
+        while not long.request.done.is_set() and time.perf_counter() - long.request.arrived < 8:
+            time.sleep(0.2)  # let it reach the decode actor
+        long.cancel()
+        assert long.request.done.wait(120)
     finally:
         pair.stop()
     assert [h.request.generated for h in handles] == [h.result() for h in expected]
@@ -27,3 +34,4 @@ def test_the_pair_replies_as_one_engine_does_and_moves_the_kv_between_processes(
     times = handles[0].request.token_times
     assert len(times) == 10 and times == sorted(times) and times[0] > handles[0].request.arrived
     assert one_token.request.generated == expected[0].result()[:1] and one_token.request.kv_bytes == 0
+    assert long.request.finish_reason == "cancelled" and len(long.request.generated) < 400

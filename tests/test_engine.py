@@ -135,6 +135,21 @@ def test_fcfs_finishes_in_arrival_order_and_mlfq_lets_short_jobs_pass(lm):
     assert _completion_order(lm, "mlfq", policy_options={"base_quantum": 2}) == ["short-1", "short-2", "long"]
 
 
+def test_with_room_for_everyone_mlfq_runs_the_same_iterations_as_fcfs(lm):
+    """Ranking only matters when requests compete for slots: with a slot each, both policies must
+    run identical iterations (a difference at low load is noise, not the policy)."""
+    def iterations(policy: str) -> list[tuple[int, int]]:
+        eng = engine(lm, max_batch=4, policy=policy, policy_options={"base_quantum": 2} if policy == "mlfq" else {})
+        for i, (prompt, n) in enumerate(zip(PROMPTS[:4], (9, 3, 14, 6), strict=True)):
+            while len(eng.timeline) < 2 * i:
+                eng.step()
+            eng.submit(lm.format_chat(prompt), SamplingParams(max_tokens=n, min_tokens=n))
+        eng.run_until_idle()
+        return [(row["decode_rows"], row["prefill_tokens"]) for row in eng.timeline]
+
+    assert iterations("mlfq") == iterations("fcfs")
+
+
 def test_mlfq_skip_join_demotion_and_promotion():
     policy = SkipJoinMLFQ(levels=4, base_quantum=2, starve_after=3)
     assert [policy.first_level(prompt_tokens=n, prefill_tokens_per_step=8) for n in (8, 16, 32, 64, 1000)] == \

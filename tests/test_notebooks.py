@@ -32,7 +32,7 @@ def test_notebook_conventions(path):
 
 
 def test_run_notebooks_executes_every_lab_in_smoke_mode(tmp_path, chat_model_path):
-    out = run_cli("run-notebooks", "--smoke", "--profile", "cpu", "--output-dir", str(tmp_path), timeout=1500)
+    out = run_cli("run-notebooks", "--smoke", "--profile", "cpu", "--output-dir", str(tmp_path), timeout=2400)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["ok"] and summary["smoke"] and summary["profile"] == "cpu"
