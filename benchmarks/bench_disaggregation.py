@@ -7,8 +7,10 @@ Reply lengths are exact (``min_tokens``), heavy-tailed from 16 to 96 tokens, so 
 when long prompts arrive. The same Poisson trace (``labkit.loadtest.replay``) goes to:
 
 1. one engine with every core, prefill-first (a long prompt stops every stream for its prefill);
-2. one engine with every core, chunked prefill (Sarathi-Serve's answer, inside one engine);
-3. ``DisaggregatedEngine``: a prefill actor and a decode actor, half the cores each, the KV cache
+2. the same engine with one torch thread: the control that separates interference from how torch
+   scales over threads (the split's actors get one thread each on a 2-core machine);
+3. one engine with every core, chunked prefill (Sarathi-Serve's answer, inside one engine);
+4. ``DisaggregatedEngine``: a prefill actor and a decode actor, half the cores each, the KV cache
    through Ray's object store (DistServe's answer).
 
 Figures: median and range over ``--seeds`` traces; raw ``runs/bench/disaggregation.json``. Never run
@@ -27,6 +29,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
 
 from labkit.data import read_prompts  # noqa: E402
 from labkit.disaggregation import DisaggregatedEngine  # noqa: E402
@@ -72,21 +76,26 @@ def main() -> int:
     long_tokens = [len(lm.tokenizer(t)["input_ids"]) for t in trace_prompts(questions, 9, seed=0)[2::3]]
     print(f"long prompts: {long_tokens} tokens", flush=True)
     results: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "long_prompt_tokens": long_tokens}
-    runs: dict[str, list[dict]] = {"one engine, prefill-first": [], "one engine, chunked": [],
-                                   "prefill | decode actors": []}
+    runs: dict[str, list[dict]] = {"one engine, prefill-first": [], "one engine, 1 thread": [],
+                                   "one engine, chunked": [], "prefill | decode actors": []}
+    threads = torch.get_num_threads()
     pair = DisaggregatedEngine(profile="cpu", prefill_cpus=cores // 2, decode_cpus=cores - cores // 2,
                                max_batch=args.max_batch)
     try:
         for seed in range(args.seeds):
             prompts = trace_prompts(questions, args.requests, seed=seed)
             lengths = heavy_tailed_lengths(args.requests, low=16, high=96, seed=seed)
-            for name, prefill in (("one engine, prefill-first", "prefill-first"), ("one engine, chunked", "chunked")):
+            for name, prefill, n_threads in (("one engine, prefill-first", "prefill-first", threads),
+                                             ("one engine, 1 thread", "prefill-first", 1),
+                                             ("one engine, chunked", "chunked", threads)):
+                torch.set_num_threads(n_threads)
                 engine = Engine(lm.model, lm.tokenizer, max_batch=args.max_batch, max_context=1024, prefill=prefill)
                 try:
                     runs[name].append(replay(engine, prompts, lengths=lengths, rate=args.rate, seed=seed,
                                              progress=False))
                 finally:
                     engine.stop()
+                    torch.set_num_threads(threads)
             runs["prefill | decode actors"].append(replay(pair, prompts, lengths=lengths, rate=args.rate,
                                                           seed=seed, progress=False))
             for name, done in runs.items():
