@@ -138,7 +138,13 @@ class DisaggregatedEngine:
             "prefill", profile, max_batch, prefill_cpus)
         self.decode_actor = worker.options(num_cpus=decode_cpus, max_concurrency=256).remote(
             "decode", profile, max_batch, decode_cpus)
-        ray.get([self.prefill_actor.ready.remote(), self.decode_actor.ready.remote()])
+        try:  # a cluster whose CPUs are held by other actors would otherwise leave these pending forever
+            ray.get([self.prefill_actor.ready.remote(), self.decode_actor.ready.remote()], timeout=600)
+        except ray.exceptions.GetTimeoutError:
+            self.stop()
+            raise RuntimeError(f"the prefill and decode actors were not placed within 10 minutes: they need "
+                               f"{prefill_cpus + decode_cpus} free CPUs and the cluster has "
+                               f"{ray.available_resources().get('CPU', 0):g} free; end what holds them") from None
         self._ids = itertools.count(1)
 
     def start(self) -> DisaggregatedEngine:
