@@ -140,6 +140,7 @@ class Engine:
         self.pool = PagedKVPool(model.config, num_blocks=num_blocks, block_size=block_size,
                                 dtype=next(model.parameters()).dtype, device=self.device)
         self.policy = make_policy(policy, **(policy_options or {}))
+        self._no_mask = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=self.device)
         self.prefill_tokens_per_step = prefill_tokens_per_step
         eos = model.generation_config.eos_token_id
         self.eos = set(eos if isinstance(eos, list) else [eos])
@@ -274,7 +275,6 @@ class Engine:
             prefilling = []
         budget = self.chunk_tokens if self.prefill == "chunked" else None
         new_tokens: dict[str, int] = {}
-        ran = [r.sched for r in decoding]
         chunks: list[tuple[Request, int]] = []  # (request, prompt tokens this iteration)
         for request in prefilling:
             todo = len(request.tokens) - request.computed
@@ -282,21 +282,19 @@ class Engine:
             if n <= 0:
                 break
             chunks.append((request, n))
-        if chunks:  # all prompts of this iteration in one forward, padded to the longest
-            logits = self._forward([r for r, _ in chunks], [n for _, n in chunks])
-            for (request, _), row in zip(chunks, logits, strict=True):
-                ran.append(request.sched)
-                if request.computed == len(request.tokens):
+        # One forward for the iteration: its prompts (or prompt chunks) and its decode rows packed
+        # together, so a chunk shares the decode step's matmuls (Sarathi-Serve's point).
+        rows = [r for r, _ in chunks] + decoding
+        ran = [r.sched for r in rows]
+        if rows:
+            logits = self._forward(rows, [n for _, n in chunks] + [1] * len(decoding))
+            for request, row in zip(rows, logits, strict=True):
+                if request.computed == len(request.tokens):  # its whole prompt is in: a new token
                     self._emit(request, self._sample(request, row))
                     new_tokens[request.id] = 1
                     if self.role == "prefill" and request.finish_reason is None:
                         self._hand_off(request)
         prefilled = sum(n for _, n in chunks)
-        if decoding:
-            logits = self._forward(decoding, [1] * len(decoding))
-            for request, row in zip(decoding, logits, strict=True):
-                self._emit(request, self._sample(request, row))
-                new_tokens[request.id] = 1
         self.policy.after_iteration(ran, [r.sched for r in self.live.values() if r.sched not in ran], new_tokens)
         self.timeline.append({"t": t0, "seconds": time.perf_counter() - t0, "decode_rows": len(decoding),
                               "prefill_tokens": prefilled, "live": len(self.live), "blocks_used": self.blocks.used,
@@ -330,19 +328,20 @@ class Engine:
         return len(request.tokens)
 
     def _forward(self, requests: list[Request], counts: list[int]) -> torch.Tensor:
+        """One forward over the rows' new tokens packed into one sequence; each row's next-token logits."""
         rows = [(self.blocks.tables[r.id], r.computed, n) for r, n in zip(requests, counts, strict=True)]
-        step, positions, mask = self.pool.step_inputs(rows, device=self.device)
-        width = positions.shape[1]
-        ids = torch.zeros((len(requests), width), dtype=torch.long)
-        for i, (r, n) in enumerate(zip(requests, counts, strict=True)):
-            ids[i, :n] = torch.tensor(r.tokens[r.computed:r.computed + n])
+        step, positions, last = self.pool.step_inputs(rows, device=self.device)
+        ids = []
+        for r, n in zip(requests, counts, strict=True):
+            ids += r.tokens[r.computed:r.computed + n]
             r.computed += n
-        # The decoder, then the vocabulary projection of each row's last real token only: a padded
-        # prompt batch would otherwise project every position (rows x width x vocabulary floats).
-        hidden = self.model.get_decoder()(input_ids=ids.to(self.device), position_ids=positions,
-                                          attention_mask=mask, use_cache=False, labkit_kv=step).last_hidden_state
-        last = torch.tensor(counts, device=self.device) - 1
-        logits = self.model.get_output_embeddings()(hidden[torch.arange(len(requests), device=self.device), last])
+        # The decoder, then the vocabulary projection of each row's last token only (a prompt's
+        # other positions would cost tokens x vocabulary floats for nothing). The mask argument is
+        # a placeholder: the paged attention takes each row's context from ``step``.
+        hidden = self.model.get_decoder()(input_ids=torch.tensor([ids], device=self.device), position_ids=positions,
+                                          attention_mask=self._no_mask, use_cache=False,
+                                          labkit_kv=step).last_hidden_state
+        logits = self.model.get_output_embeddings()(hidden[0, last])
         cap = getattr(self.model.config, "final_logit_softcapping", None)  # Gemma 2 does this after the head
         return torch.tanh(logits / cap) * cap if cap else logits
 

@@ -34,15 +34,15 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-SCRATCH_BLOCK = 0  # padding rows and padding tokens write here; no sequence ever reads it
+SCRATCH_BLOCK = 0  # pads the context of shorter decode rows (masked out); no sequence owns it
 
 
 class BlockManager:
-    """Which KV blocks each request holds. Block 0 is kept back as scratch for padding."""
+    """Which KV blocks each request holds. Block 0 is kept back as scratch (see ``SCRATCH_BLOCK``)."""
 
     def __init__(self, *, num_blocks: int, block_size: int = 16):
         if num_blocks < 2 or block_size < 1:
@@ -83,15 +83,24 @@ class BlockManager:
 
 @dataclass
 class StepKV:
-    """What ``paged_attention`` needs for one forward pass (rows = requests in the step).
+    """What ``paged_attention`` needs for one forward pass over a packed batch.
 
-    ``write_index`` [rows x new tokens]: flat pool slots for the step's new keys and values.
-    ``read_index`` [rows x context]: flat pool slots of each row's whole context, in order.
+    The step's new tokens, every row's, sit side by side in one sequence of ``T`` tokens (no
+    padding: vLLM's flattened batch), so a prompt chunk and the decode rows share every matmul.
+    ``write_index`` [T]: flat pool slots for their new keys and values. Rows with one new token
+    (decode) attend together: ``decode_tokens`` [D] (their places in the packed sequence),
+    ``decode_read`` [D x context] (each row's context slots, padded with scratch) and
+    ``decode_mask`` [D x 1 x 1 x context]. Rows with several (a prompt or a chunk of one) each get
+    their own attention: ``prompts`` holds (offset in the packed sequence, new tokens, first new
+    position, context slots).
     """
 
     pool: PagedKVPool
     write_index: torch.Tensor
-    read_index: torch.Tensor
+    decode_tokens: torch.Tensor | None = None
+    decode_read: torch.Tensor | None = None
+    decode_mask: torch.Tensor | None = None
+    prompts: list[tuple[int, int, int, torch.Tensor]] = field(default_factory=list)
 
 
 @dataclass
@@ -154,53 +163,71 @@ class PagedKVPool:
     def step_inputs(self, rows: list[tuple[list[int], int, int]], *, device) -> tuple[StepKV, torch.Tensor,
                                                                                        torch.Tensor]:
         """For rows of (block table, first new position, number of new tokens): the StepKV, the
-        position ids [rows x new] and the boolean attention mask [rows x 1 x new x context].
-
-        Rows are padded to the longest: padding tokens write to the scratch block and see only
-        themselves, so no row ever reads another's keys or a padding slot.
-        """
-        width = max(n for _, _, n in rows)
-        context = max(start + n for _, start, n in rows)
-        scratch = SCRATCH_BLOCK * self.block_size
-        write, read, positions = [], [], []
+        position ids [1 x T] of the packed sequence, and the packed index of each row's last token."""
+        write, positions, last = [], [], []
+        decode_rows, decode_at, prompts = [], [], []
         for table, start, n in rows:
-            write.append(self.slots(table, start, start + n) + [scratch] * (width - n))
-            read.append(self.slots(table, 0, start + n) + [scratch] * (context - start - n))
-            positions.append(list(range(start, start + n)) + [start + n - 1] * (width - n))
-        pos = torch.tensor(positions, dtype=torch.long)
-        lengths = torch.tensor([start + n for _, start, n in rows])
-        keys = torch.arange(context)
-        mask = (keys[None, None, :] <= pos[:, :, None]) & (keys[None, None, :] < lengths[:, None, None])
-        step = StepKV(self, torch.tensor(write, dtype=torch.long, device=device).flatten(),
-                      torch.tensor(read, dtype=torch.long, device=device))
-        return step, pos.to(device), mask[:, None].to(device)
+            offset = len(positions)
+            write += self.slots(table, start, start + n)
+            positions += range(start, start + n)
+            last.append(offset + n - 1)
+            if n == 1:
+                decode_rows.append((table, start))
+                decode_at.append(offset)
+            else:
+                read = torch.tensor(self.slots(table, 0, start + n), dtype=torch.long, device=device)
+                prompts.append((offset, n, start, read))
+        step = StepKV(self, torch.tensor(write, dtype=torch.long, device=device), prompts=prompts)
+        if decode_rows:
+            context = max(start + 1 for _, start in decode_rows)
+            scratch = SCRATCH_BLOCK * self.block_size
+            read = [self.slots(table, 0, start + 1) + [scratch] * (context - start - 1) for table, start in decode_rows]
+            lengths = torch.tensor([start + 1 for _, start in decode_rows])
+            step.decode_tokens = torch.tensor(decode_at, dtype=torch.long, device=device)
+            step.decode_read = torch.tensor(read, dtype=torch.long, device=device)
+            step.decode_mask = (torch.arange(context)[None, :] < lengths[:, None])[:, None, None, :].to(device)
+        return (step, torch.tensor([positions], dtype=torch.long, device=device),
+                torch.tensor(last, dtype=torch.long, device=device))
 
 
 def paged_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, *,
                     labkit_kv: StepKV | None = None, **kwargs):
-    """Attention over a paged cache (see the module docstring); ``attention_mask`` is the boolean
-    [rows x 1 x new x context] mask from ``PagedKVPool.step_inputs``."""
+    """Attention over a paged cache for a packed step (see ``StepKV``); the model's own
+    ``attention_mask`` is not used: each row's context comes from its block table."""
     if labkit_kv is None:  # the same model used outside the engine (generate, the fast decoder)
         from labkit.fastgen import decode_attention
 
         return decode_attention(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
-    rows, kv_heads, new, dim = key.shape
+    _, heads, tokens, dim = query.shape  # [1, heads, T, dim]: one packed sequence
+    kv_heads = key.shape[1]
     pool_k, pool_v = labkit_kv.pool.keys[module.layer_idx], labkit_kv.pool.values[module.layer_idx]
-    pool_k.index_copy_(0, labkit_kv.write_index, key.transpose(1, 2).reshape(rows * new, kv_heads, dim))
-    pool_v.index_copy_(0, labkit_kv.write_index, value.transpose(1, 2).reshape(rows * new, kv_heads, dim))
-    k = pool_k[labkit_kv.read_index].transpose(1, 2)  # [rows, kv heads, context, dim]: the gather
-    v = pool_v[labkit_kv.read_index].transpose(1, 2)
+    pool_k.index_copy_(0, labkit_kv.write_index, key[0].transpose(0, 1))
+    pool_v.index_copy_(0, labkit_kv.write_index, value[0].transpose(0, 1))
     scale = scaling if scaling is not None else dim ** -0.5
-    heads = query.shape[1]
-    if new == 1:  # decode: two small matmuls per KV head group, no copies of the KV heads
-        q = query.reshape(rows, kv_heads, heads // kv_heads, dim)
-        scores = torch.matmul(q, k.transpose(2, 3)) * scale
-        scores = scores.masked_fill(~attention_mask[:, :, -1:, :], float("-inf"))
+    q = query[0].transpose(0, 1)  # [T, heads, dim]
+    out = torch.empty_like(q)
+    if labkit_kv.decode_tokens is not None:  # one query per row: two small matmuls per KV head group
+        rows = labkit_kv.decode_tokens.shape[0]
+        qd = q[labkit_kv.decode_tokens].reshape(rows, kv_heads, heads // kv_heads, dim)
+        k = pool_k[labkit_kv.decode_read].transpose(1, 2)  # [rows, kv heads, context, dim]: the gather
+        v = pool_v[labkit_kv.decode_read].transpose(1, 2)
+        scores = torch.matmul(qd, k.transpose(2, 3)) * scale
+        scores = scores.masked_fill(~labkit_kv.decode_mask, float("-inf"))
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-        return torch.matmul(probs, v).reshape(rows, 1, heads, dim), None
-    out = torch.nn.functional.scaled_dot_product_attention(query, k, v, attn_mask=attention_mask, scale=scale,
-                                                           enable_gqa=kv_heads != heads)
-    return out.transpose(1, 2), None
+        out[labkit_kv.decode_tokens] = torch.matmul(probs, v).reshape(rows, heads, dim)
+    for offset, n, start, read in labkit_kv.prompts:  # a prompt (or a chunk of one) attends on its own
+        k = pool_k[read].transpose(0, 1)[None]  # [1, kv heads, start + n, dim]
+        v = pool_v[read].transpose(0, 1)[None]
+        qp = query[:, :, offset:offset + n]
+        if start == 0:
+            o = torch.nn.functional.scaled_dot_product_attention(qp, k, v, is_causal=True, scale=scale,
+                                                                 enable_gqa=kv_heads != heads)
+        else:  # a later chunk: its query i sees the cached prefix and its own first i + 1 tokens
+            mask = torch.ones(n, start + n, dtype=torch.bool, device=query.device).tril(start)
+            o = torch.nn.functional.scaled_dot_product_attention(qp, k, v, attn_mask=mask, scale=scale,
+                                                                 enable_gqa=kv_heads != heads)
+        out[offset:offset + n] = o[0].transpose(0, 1)
+    return out[None], None
 
 
 def register_paged_attention() -> str:
