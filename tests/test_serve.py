@@ -245,3 +245,35 @@ def test_cli_bench_and_config(server, tmp_path):
     assert [a["args"]["chat_num_gpus"] for a in config["applications"]] == [0.5, 0.5]
     bad = run_cli("serve", "config", "--max-batch-size", "0")
     assert bad.returncode == 2 and "max_batch_size must be a positive integer" in bad.stderr
+
+
+def test_an_engine_failure_answers_500_then_503_until_serve_replaces_the_replica(server):
+    """A fault injected into the live replica's engine (through Ray's ``__ray_call__``, which runs a
+    function inside the actor): the request it fails under gets a 500, the next a 503, and Serve's
+    health check replaces the replica, which then serves again."""
+    import time
+
+    import ray
+
+    [actor] = [a for a in ray.util.list_named_actors(all_namespaces=True) if "ChatServer" in a["name"]]
+    replica = ray.get_actor(actor["name"], namespace=actor["namespace"])
+
+    def break_engine(replica_actor):
+        chat = replica_actor._replica_impl._user_callable_wrapper._callable  # our ChatServer instance
+
+        def broken_forward(*args, **kwargs):
+            raise RuntimeError("out of memory (injected)")
+
+        chat.engine._forward = broken_forward
+        return chat.engine.error is None
+
+    assert ray.get(replica.__ray_call__.remote(break_engine), timeout=60)
+    failed = _chat(server, GOOD)
+    assert failed.status_code == 500, failed.text
+    assert "injected" in failed.json()["error"]["message"] and failed.json()["error"]["type"] == "server_error"
+    stopped = _chat(server, GOOD)
+    assert stopped.status_code == 503 and "engine stopped after an error" in stopped.json()["error"]["message"]
+    deadline = time.monotonic() + 180
+    while (reply := _chat(server, GOOD)).status_code != 200 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert reply.status_code == 200, f"no fresh replica within 3 minutes: {reply.status_code} {reply.text[:300]}"
