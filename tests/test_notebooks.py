@@ -31,19 +31,23 @@ def test_notebook_conventions(path):
     assert nb.metadata.kernelspec.name == "labkit"
 
 
-def test_run_notebooks_executes_every_lab_in_smoke_mode(tmp_path, chat_model_path):
-    out = run_cli("run-notebooks", "--smoke", "--profile", "cpu", "--output-dir", str(tmp_path), timeout=2400)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_each_lab_runs_end_to_end_in_smoke_mode(path, tmp_path, chat_model_path):
+    """Through ``labkit run-notebooks``, as CI and instructors run it; one test per lab, so a failure
+    names its lab and the labs can be spread over test workers."""
+    out = run_cli("run-notebooks", str(path), "--smoke", "--profile", "cpu", "--output-dir", str(tmp_path),
+                  timeout=1200)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["ok"] and summary["smoke"] and summary["profile"] == "cpu"
-    assert [r["notebook"] for r in summary["results"]] == [p.name for p in NOTEBOOKS]
-    assert all(r["status"] == "ok" and r["seconds"] > 0 for r in summary["results"])
-    assert "| 00_setup_check.ipynb | ok |" in (tmp_path / "summary.md").read_text()
-    executed = nbformat.read(tmp_path / "01_text_generation.ipynb", as_version=4)
+    assert [(r["notebook"], r["status"]) for r in summary["results"]] == [(path.name, "ok")]
+    assert f"| {path.name} | ok |" in (tmp_path / "summary.md").read_text()
+    executed = nbformat.read(tmp_path / path.name, as_version=4)
     text = json.dumps([c.get("outputs") for c in executed.cells if c.cell_type == "code"], ensure_ascii=False)
-    assert "image/png" in text, "the throughput plot should be drawn"
-    assert "✅ 01.best_batch (solution): correct!" in text
-    assert "✅ 01.roofline (solution): correct!" in text and "of ceil" in text
+    if path.name == "01_text_generation.ipynb":
+        assert "image/png" in text, "the throughput plot should be drawn"
+        assert "✅ 01.best_batch (solution): correct!" in text
+        assert "✅ 01.roofline (solution): correct!" in text and "of ceil" in text
 
 
 def _notebook(path, source):
