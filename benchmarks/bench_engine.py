@@ -9,7 +9,10 @@ the profile's own dtype, ``--rounds`` times (medians and ranges reported):
 * ``hf-cb``: transformers' own continuous batching (``generate_batch``, paged attention).
 
 Every row generates exactly ``--new-tokens`` tokens (end-of-turn held back); tokens/s counts new
-tokens over wall time, prefill included. For the engine the decode-only rate (decode iterations'
+tokens over wall time, prefill included. The machine's ceilings (``labkit.roofline``: memory read
+GB/s and matmul GFLOP/s in the profile's dtype) are measured in the same run, before and after,
+and the fast path is restated as a fraction of them: batch 1 against the memory ceiling, its best
+batch against the compute ceiling. For the engine the decode-only rate (decode iterations'
 tokens over their time) is reported too, since a server's steady state is mostly decode.
 Raw results go to ``runs/bench/engine.json``. Never run it beside other heavy work.
 """
@@ -29,6 +32,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from labkit import roofline  # noqa: E402
 from labkit.data import read_prompts  # noqa: E402
 from labkit.engine import Engine, SamplingParams  # noqa: E402
 from labkit.llm import load_chat_model  # noqa: E402
@@ -81,7 +85,8 @@ def main() -> int:
     hf = AutoModelForCausalLM.from_pretrained(plain.model.name_or_path, dtype=plain.placement.dtype,
                                               attn_implementation="paged|sdpa", local_files_only=True).eval()
     results: dict = {"python": platform.python_version(), "torch": torch.__version__, "dtype": dtype,
-                     "threads": torch.get_num_threads(), "new_tokens": args.new_tokens, "rows": []}
+                     "threads": torch.get_num_threads(), "new_tokens": args.new_tokens, "rows": [],
+                     "machines": [roofline.measure_machine(dtype=plain.placement.dtype).as_dict()]}
     for bs in args.batch_sizes:
         batch = [prompts[i % len(prompts)] for i in range(bs)]
         texts = [plain.format_chat(q) for q in batch]
@@ -117,6 +122,24 @@ def main() -> int:
         print(f"batch {bs:3d}: engine / fast = {by['engine'] / by['fast']:.2f}, "
               f"engine decode-only / fast = {by['engine decode-only'] / by['fast']:.2f}"
               + (f", hf-cb / plain = {by['hf-cb'] / by['plain']:.2f}" if by.get("hf-cb") else ""), flush=True)
+    results["machines"].append(roofline.measure_machine(dtype=plain.placement.dtype).as_dict())
+    machine = roofline.Machine(**{**results["machines"][0], **{
+        k: statistics.median(m[k] for m in results["machines"]) for k in ("matmul_gflops", "read_gbs")}})
+    print(f"ceilings ({dtype}, median of before and after): {machine.read_gbs:.1f} GB/s read, "
+          f"{machine.matmul_gflops:.0f} GFLOP/s matmul", flush=True)
+    for row in results["rows"]:
+        if "tokens_per_s" in row:
+            ceiling = roofline.ceiling_tokens_per_s(plain.model, machine, batch_size=row["batch_size"])
+            row.update(memory_ceiling=ceiling["memory_bound"], compute_ceiling=ceiling["compute_bound"],
+                       of_memory_ceiling=row["tokens_per_s"] / ceiling["memory_bound"],
+                       of_compute_ceiling=row["tokens_per_s"] / ceiling["compute_bound"])
+    fast = [r for r in results["rows"] if r["path"] == "fast"]
+    best = max(fast, key=lambda r: r["tokens_per_s"])
+    one = next((r for r in fast if r["batch_size"] == 1), None)
+    results["fast_path_vs_ceilings"] = {
+        "batch 1 / memory ceiling": one and one["of_memory_ceiling"],
+        f"best batch ({best['batch_size']}) / compute ceiling": best["of_compute_ceiling"]}
+    print(json.dumps(results["fast_path_vs_ceilings"], indent=2))
     args.out.write_text(json.dumps(results, indent=2))
     print(f"raw: {args.out}")
     return 0

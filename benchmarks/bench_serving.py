@@ -7,9 +7,10 @@ from ``heavy_tailed_lengths`` (8 to 256 tokens, fixed per request with ``min_tok
 
 1. closed loop at ``--concurrency``: ``@serve.batch`` (non-streamed: with it, streamed requests
    skip batching; its time to first token is the whole reply) against the engine, non-streamed
-   and streamed;
-2. open loop at several arrival rates, streamed, FCFS against skip-join MLFQ: goodput under the
-   SLO, TTFT, and mean and p99 completion time.
+   and streamed, ``--rounds`` times (the ratios are taken within each round, then their median);
+2. open loop at several arrival rates, streamed, FCFS against skip-join MLFQ, on ``--seeds``
+   arrival traces per rate (each policy gets the same traces): goodput under the SLO, TTFT, TPOT,
+   and mean and p99 completion time, medians and ranges over the traces.
 
 Raw results go to ``runs/bench/serving.json`` and a plot to ``runs/bench/serving.png``. Never run
 it beside other heavy work.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -42,9 +44,11 @@ def summary(report: dict) -> dict:
     return out
 
 
-def deploy(port: int, **settings) -> str:
-    import os
+def median_range(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
+
+def deploy(port: int, **settings) -> str:
     # The replica gets every core (Ray would otherwise give its torch one thread per requested CPU).
     url = serve.deploy(serve.ServeSettings(port=port, images=False, max_tokens_limit=256, max_queue=256,
                                            chat_num_cpus=os.cpu_count() or 1, **settings))
@@ -52,56 +56,81 @@ def deploy(port: int, **settings) -> str:
     return url
 
 
+def closed_loop(args, port: int) -> dict:
+    lengths = heavy_tailed_lengths(args.requests, seed=11)
+    common = dict(requests=args.requests, concurrency=args.concurrency, lengths=lengths, progress=False,
+                  timeout_s=1800)
+    rounds = []
+    for r in range(args.rounds):  # each round deploys both afresh, so the ratios are from one stretch of time
+        row = {}
+        url = deploy(port, batching="static", max_batch_size=args.concurrency)
+        load_test(url, requests=4, concurrency=4, max_tokens=8, progress=False)  # warm-up
+        row["@serve.batch"] = summary(load_test(url, **common))
+        url = deploy(port, batching="continuous", max_batch_size=args.concurrency)
+        load_test(url, requests=4, concurrency=4, max_tokens=8, progress=False)
+        row["engine"] = summary(load_test(url, **common))
+        row["engine, streamed"] = summary(load_test(url, stream=True, **common))
+        base, eng, streamed = (row[k] for k in ("@serve.batch", "engine", "engine, streamed"))
+        row["ratios"] = {"throughput engine / @serve.batch": eng["tokens_per_s"] / base["tokens_per_s"],
+                         "TTFT p50 engine streamed / @serve.batch": streamed["ttft_s_p50"] / base["ttft_s_p50"],
+                         "streamed / non-streamed tokens/s": streamed["tokens_per_s"] / eng["tokens_per_s"]}
+        for name in ("@serve.batch", "engine", "engine, streamed"):
+            print(f"round {r + 1}, closed loop, {name:>17}: {row[name]['tokens_per_s']:6.1f} tok/s, TTFT p50 "
+                  f"{row[name]['ttft_s_p50']:6.2f} s, latency p50 {row[name]['p50_s']:6.2f} s, "
+                  f"errors {row[name]['errors']}", flush=True)
+        print(json.dumps(row["ratios"], indent=2), flush=True)
+        rounds.append(row)
+    keys = ("tokens_per_s", "ttft_s_p50", "p50_s", "p99_s", "errors")
+    return {"lengths": lengths, "rounds": rounds,
+            "summary": {name: {k: median_range([row[name][k] for row in rounds]) for k in keys}
+                        for name in ("@serve.batch", "engine", "engine, streamed")},
+            "ratios": {k: median_range([row["ratios"][k] for row in rounds]) for k in rounds[0]["ratios"]}}
+
+
+def open_loop(args, port: int) -> tuple[dict, list[dict]]:
+    lengths = heavy_tailed_lengths(args.open_requests, seed=12)
+    out, reports = {}, []
+    for policy in ("fcfs", "mlfq"):
+        url = deploy(port, scheduler=policy, max_batch_size=8)
+        out[policy] = []
+        for rate in args.rates:
+            runs = []
+            for seed in range(args.seeds):
+                report = load_test(url, requests=args.open_requests, mode="open", rate=rate, stream=True,
+                                   lengths=lengths, progress=False, timeout_s=1800, seed=seed)
+                report["label"] = policy
+                if seed == 0:
+                    reports.append(report)
+                runs.append(summary(report))
+            row = {"rate": rate, "runs": runs, **{k: median_range([run[k] for run in runs]) for k in (
+                "goodput_rps", "ttft_s_p50", "ttft_s_p99", "tpot_s_p50", "tpot_s_p99", "mean_latency_s", "p99_s")}}
+            out[policy].append(row)
+            good, ttft, tpot = row["goodput_rps"], row["ttft_s_p50"]["median"], row["tpot_s_p50"]["median"]
+            print(f"open loop {policy} at {rate:g} req/s over {args.seeds} traces: goodput {good['median']:.2f} "
+                  f"[{good['min']:.2f}, {good['max']:.2f}] req/s, TTFT p50 {ttft:.2f} s, TPOT p50 {tpot * 1e3:.0f} ms, "
+                  f"mean completion {row['mean_latency_s']['median']:.2f} s", flush=True)
+    return {"lengths": lengths, **out}, reports
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--requests", type=int, default=48)
     p.add_argument("--concurrency", type=int, default=16)
-    p.add_argument("--rates", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rates", type=float, nargs="+", default=[0.5, 1.0, 2.0])
+    p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--open-requests", type=int, default=32)
     p.add_argument("--out", type=Path, default=REPO / "runs" / "bench" / "serving.json")
     args = p.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    lengths = heavy_tailed_lengths(args.requests, seed=11)
     port = free_port()
-    results: dict = {"lengths": lengths, "closed": {}, "open": {}}
-    common = dict(requests=args.requests, concurrency=args.concurrency, lengths=lengths, progress=False,
-                  timeout_s=1800)
-
-    url = deploy(port, batching="static", max_batch_size=args.concurrency)
-    load_test(url, requests=4, concurrency=4, max_tokens=8, progress=False)  # warm-up
-    results["closed"]["@serve.batch"] = summary(load_test(url, **common))
-    url = deploy(port, batching="continuous", max_batch_size=args.concurrency)
-    load_test(url, requests=4, concurrency=4, max_tokens=8, progress=False)
-    results["closed"]["engine"] = summary(load_test(url, **common))
-    results["closed"]["engine, streamed"] = summary(load_test(url, stream=True, **common))
-    for name, row in results["closed"].items():
-        print(f"closed loop, {name:>17}: {row['tokens_per_s']:6.1f} tok/s, TTFT p50 {row['ttft_s_p50']:6.2f} s, "
-              f"latency p50 {row['p50_s']:6.2f} s, errors {row['errors']}", flush=True)
-    base, eng, streamed = (results["closed"][k] for k in ("@serve.batch", "engine", "engine, streamed"))
-    results["ratios"] = {"throughput engine / @serve.batch": eng["tokens_per_s"] / base["tokens_per_s"],
-                         "TTFT p50 engine streamed / @serve.batch": streamed["ttft_s_p50"] / base["ttft_s_p50"],
-                         "streamed / non-streamed tokens/s": streamed["tokens_per_s"] / eng["tokens_per_s"]}
-    print(json.dumps(results["ratios"], indent=2), flush=True)
-
-    open_lengths = heavy_tailed_lengths(args.open_requests, seed=12)
-    reports = []
-    for policy in ("fcfs", "mlfq"):
-        url = deploy(port, scheduler=policy, max_batch_size=8)
-        results["open"][policy] = []
-        for rate in args.rates:
-            report = load_test(url, requests=args.open_requests, mode="open", rate=rate, stream=True,
-                               lengths=open_lengths, progress=False, timeout_s=1800, seed=5)
-            report["label"] = policy
-            reports.append(report)
-            row = summary(report)
-            results["open"][policy].append(row)
-            print(f"open loop {policy} at {rate:g} req/s: goodput {row['goodput_rps']:.2f} req/s, TTFT p50 "
-                  f"{row['ttft_s_p50']:.2f} s, mean completion {row['mean_latency_s']:.2f} s, p99 "
-                  f"{row['p99_s']:.2f} s", flush=True)
+    results: dict = {"closed": closed_loop(args, port)}
+    results["open"], reports = open_loop(args, port)
     serve.shutdown()
     fig = plot_reports([r for r in reports if r["label"] == "fcfs"], title="FCFS: goodput and TTFT vs arrival rate")
     fig.savefig(args.out.with_suffix(".png"), dpi=120)
     args.out.write_text(json.dumps(results, indent=2))
+    print(json.dumps({"closed-loop ratios (median, range over rounds)": results["closed"]["ratios"]}, indent=2))
     print(f"raw: {args.out}")
     return 0
 
