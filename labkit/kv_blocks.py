@@ -17,12 +17,13 @@ Three roles, each small:
   gathers each row's context through its block table, and attends.
 
 Why our own instead of transformers' continuous batching (``generate_batch``, ``paged|sdpa``):
-on the kit's 2-core CPU in fp32 it ran at 0.34x to 0.44x the speed of one plain padded
+on the kit's 2-core CPU in fp32 it ran at 0.34x to 0.74x the speed of one plain padded
 ``generate`` of the same requests, and its scheduler cannot be swapped for the policies the
 serving lab compares (``benchmarks/bench_engine.py``, ``docs/benchmarks.md``). vLLM reads blocks
 in place with a fused kernel; PyTorch has none for CPUs, so we gather each row's blocks into one
-tensor per step: a copy, yet the engine's decode steps still ran at 0.93x to 0.98x labkit's
-compiled fast path at batch 4 and 16 (its compiled matrix-vector trick wins at batch 1: 0.42x).
+tensor per step: a copy, yet the engine's decode steps ran at 0.82x to 1.16x labkit's compiled
+fast path at batch 4 and 16 in two runs (its compiled matrix-vector trick wins at batch 1: 0.42x
+to 0.46x).
 
 Example:
     >>> blocks = BlockManager(num_blocks=8, block_size=16)
