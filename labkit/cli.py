@@ -149,6 +149,22 @@ def _parser() -> argparse.ArgumentParser:
     bg.set_defaults(func=_bench_generate)
     b.set_defaults(func=lambda a: (b.print_help(), 2)[1])
 
+    e = sub.add_parser("estimate", help="memory, FLOPs and training time of a model, before running it")
+    e.add_argument("model", help="a model-store name, a config.json or its folder, or a cached hub id")
+    e.add_argument("--batch-size", type=int, default=1, help="micro-batch per device (default 1)")
+    e.add_argument("--seq-len", type=int, default=2048)
+    e.add_argument("--precision", choices=["fp32", "bf16", "mixed"], default="mixed")
+    e.add_argument("--optimizer", choices=["adamw", "adamw-8bit", "sgd-momentum", "sgd"], default="adamw")
+    e.add_argument("--zero-stage", type=int, default=0, help="ZeRO stage 0-3 (3 = FSDP full shard)")
+    e.add_argument("--devices", type=int, default=1, help="data-parallel devices ZeRO shards across")
+    e.add_argument("--recompute", action="store_true", help="activation recomputation (checkpointing)")
+    e.add_argument("--tokens", type=float, help="training tokens, for FLOPs, days and GPU-hours")
+    e.add_argument("--gpus", type=int, default=1)
+    e.add_argument("--gpu", default="H100", help="A100, H100, H800, H200 or L40S")
+    e.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation to assume (default 0.4)")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=_estimate)
+
     from labkit.cli_k8s import add_commands
 
     add_commands(sub)
@@ -162,6 +178,16 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell")
     r.set_defaults(func=_run_notebooks)
     return p
+
+
+def _estimate(args) -> int:
+    from labkit.estimate import format_report, report
+
+    r = report(args.model, batch_size=args.batch_size, seq_len=args.seq_len, precision=args.precision,
+               optimizer=args.optimizer, zero_stage=args.zero_stage, devices=args.devices, recompute=args.recompute,
+               tokens=args.tokens, gpus=args.gpus, gpu=args.gpu, mfu=args.mfu)
+    print(json.dumps(r, indent=2) if args.json else format_report(r))
+    return 0
 
 
 def _doctor(args) -> int:
