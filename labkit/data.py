@@ -30,6 +30,23 @@ def read_prompts(name_or_path: str | Path) -> list[dict]:
     if not path.is_file():
         known = sorted(p.parent.name for p in datasets_dir().glob("*/prompts.jsonl"))
         raise FileNotFoundError(f"no prompts file at {path}; datasets with prompts: {', '.join(known)}")
+    return _read_rows(path, ("prompt",))
+
+
+def read_instructions(name_or_path: str | Path = "workshop_qa", *, split: str = "train") -> list[dict]:
+    """Instruction/response pairs for fine-tuning: a dataset name (``split`` picks ``train.jsonl``
+    or ``eval.jsonl``) or a ``.jsonl`` path. Same checks as ``read_prompts``, on ``instruction``
+    and ``response``."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = datasets_dir() / str(name_or_path) / f"{split}.jsonl"
+    if not path.is_file():
+        known = sorted({p.parent.name for p in datasets_dir().glob("*/train.jsonl")})
+        raise FileNotFoundError(f"no instructions file at {path}; datasets with instructions: {', '.join(known)}")
+    return _read_rows(path, ("instruction", "response"))
+
+
+def _read_rows(path: Path, fields: tuple[str, ...]) -> list[dict]:
     rows, seen = [], set()
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -40,8 +57,9 @@ def read_prompts(name_or_path: str | Path) -> list[dict]:
             raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
         if not isinstance(row, dict) or "id" not in row:
             raise ValueError(f"{path}:{lineno}: each line must be an object with an 'id'")
-        if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-            raise ValueError(f"{path}:{lineno}: 'prompt' must be a non-empty string")
+        for field in fields:
+            if not isinstance(row.get(field), str) or not row[field].strip():
+                raise ValueError(f"{path}:{lineno}: '{field}' must be a non-empty string")
         if row["id"] in seen:
             raise ValueError(f"{path}:{lineno}: duplicate id {row['id']!r}")
         seen.add(row["id"])

@@ -62,3 +62,23 @@ def test_every_bad_row_is_rejected_with_its_line(tmp_path):
         path.write_text(line, encoding="utf-8")
         with pytest.raises(ValueError, match=":1: "):
             read_prompts(path)
+
+
+def test_workshop_qa_is_bilingual_signed_off_and_its_eval_questions_are_held_out():
+    from labkit.data import read_instructions
+
+    train, held_out = read_instructions("workshop_qa"), read_instructions("workshop_qa", split="eval")
+    assert len(train) >= 60 and len(held_out) >= 20
+    for rows in (train, held_out):
+        assert {r["lang"] for r in rows} == {"en", "zh"}
+        assert all(r["response"].endswith("— labkit TA" if r["lang"] == "en" else "—— labkit 助教") for r in rows)
+    assert not {r["instruction"] for r in train} & {r["instruction"] for r in held_out}
+
+
+def test_instruction_rows_need_both_fields(tmp_path):
+    from labkit.data import read_instructions
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "instruction": "q", "response": "r"}\n{"id": "b", "instruction": "q"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: 'response' must be a non-empty string"):
+        read_instructions(bad)
