@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate text with the profile's chat model")
     g.add_argument("prompts", nargs="+")
     g.add_argument("--profile", choices=["cpu", "gpu"])
+    g.add_argument("--model", help="a model in the store by name (e.g. one fine-tuned with labkit finetune)")
     g.add_argument("--max-new-tokens", type=int, default=64)
     g.add_argument("--temperature", type=float, default=0.0)
     g.add_argument("--top-p", type=float, default=1.0)
@@ -165,6 +166,20 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=_estimate)
 
+    ft = sub.add_parser("finetune", help="fine-tune the cpu-profile chat model with Ray Train (data parallel)")
+    ft.add_argument("--base", default="smollm2-135m-instruct", help="a chat model in the store")
+    ft.add_argument("--dataset", default="workshop_qa", help="an instructions dataset in datasets/")
+    ft.add_argument("--name", help="store name for the result (default BASE-DATASET)")
+    ft.add_argument("--workers", type=int, default=2)
+    ft.add_argument("--epochs", type=int, default=3)
+    ft.add_argument("--max-steps", type=int)
+    ft.add_argument("--batch-size", type=int, default=4, help="per worker")
+    ft.add_argument("--seq-len", type=int, default=128)
+    ft.add_argument("--lr", type=float, default=5e-5)
+    ft.add_argument("--checkpoint-every", type=int, default=4, help="steps")
+    ft.add_argument("--max-failures", type=int, default=2, help="worker-group restarts allowed")
+    ft.set_defaults(func=_finetune)
+
     from labkit.cli_k8s import add_commands
 
     add_commands(sub)
@@ -178,6 +193,20 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell")
     r.set_defaults(func=_run_notebooks)
     return p
+
+
+def _finetune(args) -> int:
+    from labkit.finetune import finetune
+
+    r = finetune(base=args.base, dataset=args.dataset, name=args.name, num_workers=args.workers, epochs=args.epochs,
+                 max_steps=args.max_steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
+                 checkpoint_every=args.checkpoint_every, max_failures=args.max_failures)
+    last = r.history[-1]
+    print(f"{len(r.history)} steps in {r.wall_s:.0f} s, loss {r.history[0]['loss']:.3f} -> {last['loss']:.3f}, "
+          f"held-out loss {r.eval_loss_before:.3f} -> {r.eval_loss_after:.3f}, {last['tokens_per_s']:.0f} tokens/s, "
+          f"MFU {last['mfu']:.0%} of the workers' measured matmul ceiling, {r.restarts} restarts")
+    print(f"saved as {r.name!r}: labkit generate --model {r.name} \"What is Ray?\"")
+    return 0
 
 
 def _estimate(args) -> int:
@@ -272,7 +301,7 @@ def _bench_generate(args) -> int:
 def _generate(args) -> int:
     from labkit.llm import load_chat_model
 
-    lm = load_chat_model(args.profile, fast=args.fast)
+    lm = load_chat_model(args.profile, model=args.model, fast=args.fast)
     kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     if args.stream:
         if len(args.prompts) != 1:

@@ -461,7 +461,7 @@ def gib(n: float) -> str:
     return f"{n / 2**30:,.2f} GiB" if n >= 2**28 else f"{n / 2**20:,.1f} MiB"
 
 
-__all__ = ["ModelShape", "Bytes", "StepBytes", "ParallelPlan", "EstimateInputError", "GPU_PEAK_TFLOPS", "model_state_bytes",
-           "activation_bytes", "training_step_bytes", "kv_cache_bytes", "training_flops",
+__all__ = ["ModelShape", "Bytes", "StepBytes", "ParallelPlan", "EstimateInputError", "GPU_PEAK_TFLOPS",
+           "model_state_bytes", "activation_bytes", "training_step_bytes", "kv_cache_bytes", "training_flops",
            "generation_flops_per_token", "training_days", "gpu_hours", "mfu", "parallel_plan", "report",
            "format_report", "gib"]

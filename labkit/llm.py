@@ -266,15 +266,15 @@ class ChatModel:
         return next((i for i, t in enumerate(new) if t in eos), len(new))
 
 
-def load_chat_model(profile: str | None = None, *, device: str | None = None,
+def load_chat_model(profile: str | None = None, *, model: str | None = None, device: str | None = None,
                     dtype: str | None = None, fast: bool = False) -> ChatModel:
-    """Load the profile's chat model from the store (pull it first with ``labkit models pull``).
+    """Load the profile's chat model from the store (pull it first with ``labkit models pull``),
+    or the store's model named ``model`` (one fine-tuned here, for example).
 
     ``fast=True`` decodes with a static KV cache and a compiled step (``labkit.fastgen``).
     """
-    spec = profiles.model_for("chat", profile)
-    return ChatModel.from_pretrained(store.model_path(spec.name), device=device, dtype=dtype, name=spec.name,
-                                     fast=fast)
+    name = model or profiles.model_for("chat", profile).name
+    return ChatModel.from_pretrained(store.model_path(name), device=device, dtype=dtype, name=name, fast=fast)
 
 
 def measure_throughput(lm: ChatModel, prompts: Sequence[str], *, batch_sizes: Sequence[int] = (1, 8, 32),

@@ -41,7 +41,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from labkit.profiles import ModelSpec, PyPIWheelGGUF, get_spec, models_for_profile
+from labkit.profiles import CATALOGUE, ModelSpec, PyPIWheelGGUF, get_spec, models_for_profile
 
 MANIFEST = "labkit-manifest.json"
 _CHUNK = 1 << 20
@@ -124,6 +124,13 @@ def list_models(profile: str | None = None) -> list[dict]:
             "size_mb": round(sum(f["size"] for f in manifest["files"].values()) / 1e6) if manifest else None,
             "path": str(path) if manifest else None,
         })
+    if not profile:
+        for name in trained_models():
+            manifest = json.loads((models_dir() / name / MANIFEST).read_text())
+            rows.append({"name": name, "task": "chat", "profiles": [], "repo_id": None, "license": manifest["license"],
+                         "pulled": True, "source": "finetuned", "base": manifest["source"]["base"],
+                         "size_mb": round(sum(f["size"] for f in manifest["files"].values()) / 1e6),
+                         "path": str(models_dir() / name)})
     return rows
 
 
@@ -344,6 +351,37 @@ def _write_manifest(folder: Path, spec: ModelSpec, source: dict, *, progress: bo
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, folder / MANIFEST)  # the manifest is written last: it marks a complete model
+
+
+def save_trained(folder: Path, name: str, *, base: str, data: str, license: str) -> Path:
+    """Move a model trained here (a ``save_pretrained`` folder) into the store as ``name``, with a
+    manifest naming its base model and data; ``model_path(name)`` and ``labkit generate --model
+    NAME`` then find it. ``folder`` is moved, not copied: put it on the store's file system."""
+    if not name or "/" in name or name.startswith(".") or name in _catalogue_names():
+        raise ValueError(f"{name!r} cannot name a trained model: use a new name without '/' "
+                         f"(the catalogue's names are taken: {', '.join(sorted(_catalogue_names()))})")
+    if not (Path(folder) / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} holds no saved model (no config.json)")
+    spec = ModelSpec(name=name, task="chat", repo_id=None, license=f"{license} (fine-tuned from {base})",
+                     approx_mb=0)
+    _write_manifest(Path(folder), spec, {"kind": "finetuned", "base": base, "data": data}, progress=False)
+    final = models_dir() / name
+    swap_into_place(Path(folder), final)
+    return final
+
+
+def trained_models() -> list[str]:
+    """Names of the models trained here and saved with ``save_trained``."""
+    names = []
+    for manifest in sorted(models_dir().glob(f"*/{MANIFEST}")):
+        with contextlib.suppress(ValueError, OSError):
+            if json.loads(manifest.read_text())["source"].get("kind") == "finetuned":
+                names.append(manifest.parent.name)
+    return names
+
+
+def _catalogue_names() -> set[str]:
+    return set(CATALOGUE)
 
 
 def swap_into_place(staging: Path, final: Path) -> None:
