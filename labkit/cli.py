@@ -237,7 +237,7 @@ def _models_list(args) -> int:
     print(f"model store: {models_dir()}")
     for r in rows:
         state = f"pulled ({r['size_mb']} MB, {r['source']})" if r["pulled"] else "not pulled"
-        origin = r["repo_id"] or "(ships with labkit)"
+        origin = r["repo_id"] or (f"(fine-tuned here from {r['base']})" if r.get("base") else "(ships with labkit)")
         print(f"  {r['name']:<24} {r['task']:<6} {'/'.join(r['profiles']):<5} {origin:<40} {state}")
     return 0
 

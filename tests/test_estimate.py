@@ -55,6 +55,15 @@ def test_training_step_peak_kv_cache_and_flops_match_measurement(batch_size, seq
     assert close(estimate.training_flops(shape, tokens=batch_size * seq_len, seq_len=seq_len), flops, 0.02)
 
 
+def test_a_bf16_training_step_matches_too():
+    """bf16 weights, gradients and Adam states; RMSNorm and the loss still compute in fp32."""
+    model = tiny(layers=4).to(torch.bfloat16)
+    shape = ModelShape.from_config(model.config)
+    measured = measure.training_step_peak(model, batch_size=4, seq_len=128)
+    predicted = estimate.training_step_bytes(shape, batch_size=4, seq_len=128, precision="bf16")
+    assert close(predicted.total, measured["total"]), (predicted.as_dict(), measured)
+
+
 def test_recomputation_saves_what_the_estimate_says_it_saves():
     full, recomputed = tiny(layers=4), tiny(layers=4)
     recomputed.activation_checkpointing_enable()

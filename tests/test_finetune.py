@@ -55,6 +55,8 @@ def test_two_workers_train_report_every_step_and_save_a_model_the_cli_loads(real
     assert r.name in store.trained_models()
     assert store.read_manifest(r.name)["source"] == {"kind": "finetuned", "base": "smollm2-135m-instruct",
                                                      "data": "workshop_qa"}
+    listed = run_cli("models", "list")
+    assert r.name in listed.stdout and "fine-tuned here from smollm2-135m-instruct" in listed.stdout
     done = run_cli("generate", "--model", r.name, "--max-new-tokens", "8", "What is Ray?")
     assert done.returncode == 0, done.stderr
     assert "tokens" in done.stdout
