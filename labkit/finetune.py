@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import shutil
 import tempfile
 import threading
 import time
@@ -198,7 +199,8 @@ def finetune(*, base: str = "smollm2-135m-instruct", dataset: str = "workshop_qa
              use_gpu: bool | None = None, seed: int = 0, save: bool = True,
              on_step: Callable[[dict], None] | None = None, progress: bool = True) -> FinetuneResult:
     """Fine-tune ``base`` (a model-store name) on ``dataset`` with ``num_workers`` data-parallel
-    workers; save the result into the store as ``name`` (default ``<base>-<dataset>``).
+    workers; save the result into the store as ``name`` (default ``<base>-<dataset>``; a model
+    saved earlier under the same name is replaced, so a notebook cell can be re-run).
 
     ``batch_size`` is per worker (the global batch is ``batch_size x num_workers``); ``max_steps``
     overrides ``epochs``. Each worker gets ``cpus // num_workers`` torch threads on CPU.
@@ -227,7 +229,7 @@ def finetune(*, base: str = "smollm2-135m-instruct", dataset: str = "workshop_qa
     if len(train_rows) < batch_size * num_workers:
         raise ValueError(f"{len(train_rows)} training rows cannot fill one step of {batch_size} x {num_workers}; "
                          "lower batch_size or num_workers")
-    name = name or f"{base}-{dataset.replace('_', '-')}"
+    name = store.check_trained_name(name or f"{base}-{dataset.replace('_', '-')}")
     init_ray()
     cpus = int(ray.cluster_resources().get("CPU", 1))
     gpu = torch.cuda.is_available() if use_gpu is None else use_gpu
@@ -283,6 +285,8 @@ def finetune(*, base: str = "smollm2-135m-instruct", dataset: str = "workshop_qa
             on_step(row)
     bar.close()
     if "error" in outcome:
+        if staging:
+            shutil.rmtree(staging, ignore_errors=True)  # a half-written model must not linger in the store
         raise RuntimeError(f"training failed: {outcome['error']}") from outcome["error"]
     result = outcome["result"]
     with result.checkpoint.as_directory() as folder:

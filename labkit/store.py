@@ -357,9 +357,7 @@ def save_trained(folder: Path, name: str, *, base: str, data: str, license: str)
     """Move a model trained here (a ``save_pretrained`` folder) into the store as ``name``, with a
     manifest naming its base model and data; ``model_path(name)`` and ``labkit generate --model
     NAME`` then find it. ``folder`` is moved, not copied: put it on the store's file system."""
-    if not name or "/" in name or name.startswith(".") or name in _catalogue_names():
-        raise ValueError(f"{name!r} cannot name a trained model: use a new name without '/' "
-                         f"(the catalogue's names are taken: {', '.join(sorted(_catalogue_names()))})")
+    check_trained_name(name)
     if not (Path(folder) / "config.json").is_file():
         raise FileNotFoundError(f"{folder} holds no saved model (no config.json)")
     spec = ModelSpec(name=name, task="chat", repo_id=None, license=f"{license} (fine-tuned from {base})",
@@ -368,6 +366,14 @@ def save_trained(folder: Path, name: str, *, base: str, data: str, license: str)
     final = models_dir() / name
     swap_into_place(Path(folder), final)
     return final
+
+
+def check_trained_name(name: str) -> str:
+    """A name a trained model may take in the store; checked before training, not after it."""
+    if not name or "/" in name or name.startswith(".") or name in _catalogue_names():
+        raise ValueError(f"{name!r} cannot name a trained model: use a new name without '/' "
+                         f"(the catalogue's names are taken: {', '.join(sorted(_catalogue_names()))})")
+    return name
 
 
 def trained_models() -> list[str]:

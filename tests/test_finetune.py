@@ -94,6 +94,7 @@ def test_a_killed_worker_is_replaced_and_the_loss_continues_from_the_checkpoint(
     (dict(slow_rank=3, num_workers=2), "slow_rank"),
     (dict(batch_size=64, num_workers=2), "cannot fill one step"),
     (dict(base="no-such-model"), "labkit models pull"),
+    (dict(name="smollm2-135m-instruct"), "cannot name a trained model"),
 ])
 def test_bad_settings_are_refused_before_anything_starts(kwargs, words):
     with pytest.raises((ValueError, FileNotFoundError), match=words):
