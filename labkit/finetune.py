@@ -41,8 +41,6 @@ from pathlib import Path
 
 import torch
 
-SIGN_OFF = {"en": "— labkit TA", "zh": "—— labkit 助教"}
-
 
 @dataclass
 class FinetuneResult:
@@ -300,9 +298,3 @@ def finetune(*, base: str = "smollm2-135m-instruct", dataset: str = "workshop_qa
                           wall_s=time.perf_counter() - t0, storage=storage / run_name,
                           extra={"checkpoint_history": state["history"], "replaced": replaced})
 
-
-def sign_off_rate(lm, rows: list[dict], *, max_new_tokens: int = 80) -> float:
-    """Share of replies (greedy) that end with the dataset's sign-off for their language."""
-    replies = lm.generate([r["instruction"] for r in rows], max_new_tokens=max_new_tokens)
-    hits = [g.text.strip().endswith(SIGN_OFF[r["lang"]]) for g, r in zip(replies, rows, strict=True)]
-    return sum(hits) / len(hits)
