@@ -231,6 +231,11 @@ def finetune(*, base: str = "smollm2-135m-instruct", dataset: str = "workshop_qa
     init_ray()
     cpus = int(ray.cluster_resources().get("CPU", 1))
     gpu = torch.cuda.is_available() if use_gpu is None else use_gpu
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if (cpus if not gpu else gpus) < num_workers:
+        have = f"{gpus} GPUs" if gpu else f"{cpus} CPUs"
+        raise ValueError(f"{num_workers} workers need one {'GPU' if gpu else 'CPU'} each and this Ray cluster has "
+                         f"{have}; lower num_workers (Ray Train would otherwise wait for them)")
     storage = Path(storage or store.labkit_home() / "train").resolve()
     run_name = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     staging = store.models_dir() / f".staging-{run_name}" if save else None

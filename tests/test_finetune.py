@@ -99,3 +99,8 @@ def test_a_killed_worker_is_replaced_and_the_loss_continues_from_the_checkpoint(
 def test_bad_settings_are_refused_before_anything_starts(kwargs, words):
     with pytest.raises((ValueError, FileNotFoundError), match=words):
         finetune(progress=False, **kwargs)
+
+
+def test_more_workers_than_the_cluster_can_place_is_refused_not_waited_for(ray_cluster):
+    with pytest.raises(ValueError, match="3 workers need one CPU each and this Ray cluster has 2 CPUs"):
+        finetune(num_workers=3, batch_size=1, progress=False)
