@@ -14,15 +14,18 @@ from conftest import run_cli
 from labkit import store
 from labkit.finetune import finetune
 
+# Two workers share two cores with the driver, so one rank's forward varies by up to ~0.8 s from
+# step to step (seen in CI: 0.78 to 1.53 s). The straggler must stand out from that noise.
+SLOW_S = 2.0
 SMALL = dict(num_workers=2, max_steps=5, batch_size=2, seq_len=64, checkpoint_every=2, lr=1e-3, progress=False)
 
 
 @pytest.fixture(scope="module")
 def real_run(ray_cluster, tmp_path_factory):
-    """The kit's chat model, three steps, rank 1 slowed by 0.4 s a step, saved into the store."""
+    """The kit's chat model, three steps, rank 1 slowed by 2 s a step, saved into the store."""
     name = f"test-finetune-{os.getpid()}"
     result = finetune(name=name, num_workers=2, max_steps=3, batch_size=2, seq_len=64, checkpoint_every=3,
-                      lr=1e-4, slow_rank=1, slow_s=0.4, storage=tmp_path_factory.mktemp("train"), progress=False)
+                      lr=1e-4, slow_rank=1, slow_s=SLOW_S, storage=tmp_path_factory.mktemp("train"), progress=False)
     yield result
     shutil.rmtree(store.models_dir() / name, ignore_errors=True)
 
@@ -64,8 +67,8 @@ def test_two_workers_train_report_every_step_and_save_a_model_the_cli_loads(real
 
 def test_the_slowed_rank_is_found_from_its_own_step_times(real_run):
     forward = [h["rank_forward_s"] for h in real_run.history]
-    slow, fast = statistics.median(f[1] for f in forward), statistics.median(f[0] for f in forward)
-    assert slow - fast > 0.3, forward
+    gap = statistics.median(f[1] - f[0] for f in forward)  # rank 1 behind rank 0, step by step
+    assert gap > SLOW_S / 2, forward
 
 
 def test_a_killed_worker_is_replaced_and_the_loss_continues_from_the_checkpoint(ray_cluster, tiny_base, tmp_path):
