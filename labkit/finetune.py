@@ -2,9 +2,10 @@
 
 ``finetune`` runs ``ray.train.torch.TorchTrainer`` with ``num_workers`` workers (gloo on CPU,
 NCCL on GPU), each holding a full copy of the model (DDP: gradients averaged every step). Every
-``checkpoint_every`` steps rank 0 saves the model, the optimizer and the loss history through
-``ray.train.report``; with ``max_failures`` > 0 Ray Train replaces a worker group that lost a
-worker and the loop resumes from the latest checkpoint, so the loss curve continues where it was.
+``checkpoint_every`` steps rank 0 saves the model, the optimizer and the loss history (blocking or
+asynchronously: ``labkit.checkpointing``) and hands the checkpoint to ``ray.train.report``; with
+``max_failures`` > 0 Ray Train replaces a worker group that lost a worker and the loop resumes
+from the latest checkpoint, so the loss curve continues where it was.
 The data order depends only on the step number, so a resumed run sees exactly the examples an
 uninterrupted one would have seen.
 
@@ -32,7 +33,6 @@ import math
 import os
 import random
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from labkit import checkpointing
 
 
 @dataclass
@@ -116,6 +118,7 @@ def _train_loop(config: dict) -> None:
     """Runs on every worker (Ray Train calls it; the same code resumes after a failure)."""
     import ray.train
     import torch.distributed as dist
+    from ray.train import CheckpointUploadMode
     from ray.train.torch import prepare_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -133,10 +136,8 @@ def _train_loop(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / "state.pt", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start, history, eval_before = state["step"], state["history"], state["eval_before"]
+            meta = checkpointing.load(folder, model, optimizer)
+        start, history, eval_before = meta["step"], meta["history"], meta["eval_before"]
     if eval_before is None:
         eval_before = _eval_loss(model, held_out, pad_id, config["batch_size"])
     # DDP over gloo (CPU) or NCCL (GPU). The rotary frequencies are constant buffers: broadcasting
@@ -149,6 +150,10 @@ def _train_loop(config: dict) -> None:
     steps_per_epoch = len(train) // per_step
     total = config["max_steps"] or steps_per_epoch * config["epochs"]
     flops_per_token = config["flops_per_token"]
+    # Rank 0 writes the checkpoints (DDP replicas are identical) straight into the run's folder,
+    # so Ray Train registers them where they are (NO_UPLOAD) instead of copying 1.6 GB again.
+    saver = checkpointing.Checkpointer(Path(ctx.get_storage().experiment_fs_path) / f"attempt-{time.time_ns()}",
+                                       mode=config["checkpoint_mode"]) if rank == 0 else None
     ddp.train()
     for step in range(start, total):
         epoch, within = divmod(step, steps_per_epoch)
@@ -175,24 +180,32 @@ def _train_loop(config: dict) -> None:
         row["mfu"] = row["tokens_per_s"] * flops_per_token / (float(stats[:, 3].sum()) * 1e9)
         history.append({k: v for k, v in row.items() if k not in ("pid", "rank")})
         last = step + 1 == total
-        if rank == 0 and ((step + 1) % config["checkpoint_every"] == 0 or last):
-            with tempfile.TemporaryDirectory() as folder:
-                eval_after = _eval_loss(ddp.module, held_out, pad_id, config["batch_size"]) if last else None
-                torch.save({"model": ddp.module.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1,
-                            "history": history, "eval_before": eval_before, "eval_after": eval_after},
-                           Path(folder) / "state.pt")
-                if last and config["save_to"]:
-                    ddp.module.save_pretrained(config["save_to"])
-                    tokenizer.save_pretrained(config["save_to"])
-                ray.train.report({**row, "checkpoint": True, "eval_after": eval_after},
-                                 checkpoint=ray.train.Checkpoint.from_directory(folder))
-        else:
-            ray.train.report({**row, "checkpoint": False})
+        row.update(stall_s=0.0, eval_before=eval_before, eval_after=None)
+        done = []
+        if saver:
+            if (step + 1) % config["checkpoint_every"] == 0 or last:
+                if last:
+                    row["eval_after"] = _eval_loss(ddp.module, held_out, pad_id, config["batch_size"])
+                meta = {"step": step + 1, "history": history, "eval_before": eval_before,
+                        "eval_after": row["eval_after"]}
+                row["stall_s"] = saver.save(step + 1, ddp.module, optimizer, meta)
+            done = saver.finish() if last else saver.completed()
+            if last and config["save_to"]:
+                ddp.module.save_pretrained(config["save_to"])
+                tokenizer.save_pretrained(config["save_to"])
+        # Ray Train takes one checkpoint per report: the newest completed one. An older one done
+        # in the same step (the last step of an async run) is superseded: it is removed, not leaked.
+        for old in done[:-1]:
+            shutil.rmtree(old, ignore_errors=True)
+        row["checkpoint_step"] = int(done[-1].name.split("-")[1]) if done else None
+        ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(done[-1]) if done else None,
+                         checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
 
 
 def finetune(*, base: str = "smollm2-135m-instruct", dataset: str = "workshop_qa", name: str | None = None,
              num_workers: int = 2, epochs: int = 3, max_steps: int | None = None, batch_size: int = 4,
-             seq_len: int = 128, lr: float = 5e-5, checkpoint_every: int = 4, max_failures: int = 2,
+             seq_len: int = 128, lr: float = 5e-5, checkpoint_every: int = 4,
+             checkpoint_mode: checkpointing.Mode = "blocking", max_failures: int = 2,
              storage: str | Path | None = None, slow_rank: int | None = None, slow_s: float = 0.0,
              use_gpu: bool | None = None, seed: int = 0, save: bool = True,
              on_step: Callable[[dict], None] | None = None, progress: bool = True) -> FinetuneResult:
@@ -202,6 +215,9 @@ def finetune(*, base: str = "smollm2-135m-instruct", dataset: str = "workshop_qa
 
     ``batch_size`` is per worker (the global batch is ``batch_size x num_workers``); ``max_steps``
     overrides ``epochs``. Each worker gets ``cpus // num_workers`` torch threads on CPU.
+    ``checkpoint_mode`` is ``"blocking"`` or ``"async"`` (see ``labkit.checkpointing``); each
+    history row's ``stall_s`` is how long that step's checkpoint held training up, and
+    ``received_s`` when the driver saw the row (seconds since the call began).
     """
     import ray
     import ray.train
@@ -220,6 +236,8 @@ def finetune(*, base: str = "smollm2-135m-instruct", dataset: str = "workshop_qa
             raise ValueError(f"{label} must be a positive integer, got {value!r}")
     if max_steps is not None and not (isinstance(max_steps, int) and max_steps >= 1):
         raise ValueError(f"max_steps must be a positive integer or None, got {max_steps!r}")
+    if checkpoint_mode not in checkpointing.MODES:
+        raise ValueError(f"checkpoint_mode must be one of {checkpointing.MODES}, got {checkpoint_mode!r}")
     if slow_rank is not None and not 0 <= slow_rank < num_workers:
         raise ValueError(f"slow_rank must be a worker rank, 0 to {num_workers - 1}, got {slow_rank!r}")
     base_path = store.model_path(base)
@@ -242,7 +260,8 @@ def finetune(*, base: str = "smollm2-135m-instruct", dataset: str = "workshop_qa
     shape = estimate.ModelShape.from_config(base_path)
     config = {"base_path": str(base_path), "train_rows": train_rows, "eval_rows": eval_rows, "seq_len": seq_len,
               "batch_size": batch_size, "epochs": epochs, "max_steps": max_steps, "lr": lr, "seed": seed,
-              "checkpoint_every": checkpoint_every, "slow_rank": slow_rank, "slow_s": slow_s,
+              "checkpoint_every": checkpoint_every, "checkpoint_mode": checkpoint_mode,
+              "slow_rank": slow_rank, "slow_s": slow_s,
               "threads": max(1, cpus // num_workers), "save_to": str(staging) if staging else None,
               "flops_per_token": estimate.training_flops(shape, tokens=1, seq_len=seq_len)}
     queue = Queue()
@@ -281,6 +300,7 @@ def finetune(*, base: str = "smollm2-135m-instruct", dataset: str = "workshop_qa
             replaced += [h for h in history if h["step"] >= row["step"]]  # steps lost to the failure
             history = [h for h in history if h["step"] < row["step"]]
         last_step = row["step"]
+        row["received_s"] = time.perf_counter() - t0
         history.append(row)
         bar.update(1)
         bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
@@ -293,7 +313,7 @@ def finetune(*, base: str = "smollm2-135m-instruct", dataset: str = "workshop_qa
         raise RuntimeError(f"training failed: {outcome['error']}") from outcome["error"]
     result = outcome["result"]
     with result.checkpoint.as_directory() as folder:
-        state = torch.load(Path(folder) / "state.pt", weights_only=False, map_location="cpu")
+        state = checkpointing.read_meta(folder)  # the small part: no need to load the weights here
     saved = None
     if save:
         store.save_trained(staging, name, base=base, data=dataset, license=store.read_manifest(base)["license"])
@@ -303,3 +323,40 @@ def finetune(*, base: str = "smollm2-135m-instruct", dataset: str = "workshop_qa
                           wall_s=time.perf_counter() - t0, storage=storage / run_name,
                           extra={"checkpoint_history": state["history"], "replaced": replaced})
 
+
+
+def miniature(base: str = "smollm2-135m-instruct", *, name: str | None = None, hidden_size: int = 64,
+              num_layers: int = 2, seed: int = 0) -> str:
+    """Save a miniature of ``base`` into the store and return its name (default ``<base>-miniature``).
+
+    Same architecture and tokenizer, random weights, ``hidden_size`` wide and ``num_layers`` deep
+    (about 6M parameters for the chat model, most of them its embeddings). For rehearsing
+    distributed training where the full model would take too long: Ray Train, checkpoints and
+    failures behave the same at any size, and the loss falls fast from random weights.
+
+    Example:
+        >>> finetune(base=miniature(), max_steps=4, save=False).history[-1]["step"]  # doctest: +SKIP
+        4
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from labkit import store
+
+    name = store.check_trained_name(name or f"{base}-miniature")
+    base_path = store.model_path(base)
+    config = AutoConfig.from_pretrained(base_path, local_files_only=True)
+    heads = max(1, hidden_size // 16)
+    kv_heads = max(1, heads * getattr(config, "num_key_value_heads", config.num_attention_heads)
+                   // config.num_attention_heads)
+    config.update({"hidden_size": hidden_size, "intermediate_size": 2 * hidden_size, "num_hidden_layers": num_layers,
+                   "num_attention_heads": heads, "num_key_value_heads": kv_heads, "head_dim": hidden_size // heads})
+    if hasattr(config, "layer_types"):  # Qwen-style configs list one attention type per layer
+        config.layer_types = config.layer_types[:num_layers]
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    staging = store.models_dir() / f".staging-{name}-{os.getpid()}"
+    model.save_pretrained(staging)
+    AutoTokenizer.from_pretrained(base_path, local_files_only=True).save_pretrained(staging)
+    store.save_trained(staging, name, base=base, data="none (random weights)",
+                       license=store.read_manifest(base)["license"])
+    return name
