@@ -177,6 +177,8 @@ def _parser() -> argparse.ArgumentParser:
     ft.add_argument("--seq-len", type=int, default=128)
     ft.add_argument("--lr", type=float, default=5e-5)
     ft.add_argument("--checkpoint-every", type=int, default=4, help="steps")
+    ft.add_argument("--checkpoint-mode", choices=("blocking", "async"), default="blocking",
+                    help="async: training goes on while the checkpoint is written (torch.distributed.checkpoint)")
     ft.add_argument("--max-failures", type=int, default=2, help="worker-group restarts allowed")
     ft.set_defaults(func=_finetune)
 
@@ -196,15 +198,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _finetune(args) -> int:
+    from labkit import goodput
     from labkit.finetune import finetune
 
     r = finetune(base=args.base, dataset=args.dataset, name=args.name, num_workers=args.workers, epochs=args.epochs,
                  max_steps=args.max_steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
-                 checkpoint_every=args.checkpoint_every, max_failures=args.max_failures)
+                 checkpoint_every=args.checkpoint_every, checkpoint_mode=args.checkpoint_mode,
+                 max_failures=args.max_failures)
     last = r.history[-1]
     print(f"{len(r.history)} steps in {r.wall_s:.0f} s, loss {r.history[0]['loss']:.3f} -> {last['loss']:.3f}, "
           f"held-out loss {r.eval_loss_before:.3f} -> {r.eval_loss_after:.3f}, {last['tokens_per_s']:.0f} tokens/s, "
-          f"MFU {last['mfu']:.0%} of the workers' measured matmul ceiling, {r.restarts} restarts")
+          f"MFU {last['mfu']:.0%} of the workers' measured matmul ceiling, {r.restarts} restarts, "
+          f"ETTR {goodput.measured(r)['ettr']:.0%} from the first step")
     print(f"saved as {r.name!r}: labkit generate --model {r.name} \"What is Ray?\"")
     return 0
 

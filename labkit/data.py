@@ -33,6 +33,24 @@ def read_prompts(name_or_path: str | Path) -> list[dict]:
     return _read_rows(path, ("prompt",))
 
 
+# workshop_qa's responses end with one of these (its datasheet): the form a fine-tune learns first.
+SIGN_OFFS = ("— labkit TA", "—— labkit 助教")
+
+
+def sign_off_rate(replies: list[str]) -> float:
+    """Share of ``replies`` whose last line is a workshop_qa sign-off (what the fine-tuned model
+    learned, next to its evaluation loss).
+
+    Example:
+        >>> sign_off_rate(["Ray runs tasks. — labkit TA", "KubeRay runs Ray on Kubernetes."])
+        0.5
+    """
+    if not replies:
+        raise ValueError("sign_off_rate needs at least one reply")
+    last_lines = [(r.strip().splitlines() or [""])[-1].strip() for r in replies]
+    return sum(any(line.endswith(s) for s in SIGN_OFFS) for line in last_lines) / len(replies)
+
+
 def read_instructions(name_or_path: str | Path = "workshop_qa", *, split: str = "train") -> list[dict]:
     """Instruction/response pairs for fine-tuning: a dataset name (``split`` picks ``train.jsonl``
     or ``eval.jsonl``) or a ``.jsonl`` path. Same checks as ``read_prompts``, on ``instruction``

@@ -75,6 +75,17 @@ def test_workshop_qa_is_bilingual_signed_off_and_its_eval_questions_are_held_out
     assert not {r["instruction"] for r in train} & {r["instruction"] for r in held_out}
 
 
+def test_the_sign_off_rate_counts_replies_whose_last_line_signs_off():
+    from labkit.data import read_instructions, sign_off_rate
+
+    held_out = read_instructions("workshop_qa", split="eval")
+    assert sign_off_rate([r["response"] for r in held_out]) == 1.0  # the references all sign off
+    assert sign_off_rate([r["instruction"] for r in held_out]) == 0.0  # the questions never do
+    assert sign_off_rate(["一个回答。\n—— labkit 助教  ", "— labkit TA, then more text", ""]) == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="at least one reply"):
+        sign_off_rate([])
+
+
 def test_instruction_rows_need_both_fields(tmp_path):
     from labkit.data import read_instructions
 

@@ -30,40 +30,10 @@ def tiny_base(chat_model_path):
 
 
 @pytest.fixture(scope="module")
-def real_run(ray_cluster, tiny_base, tmp_path_factory):
-    """Two workers, three steps, rank 1 slowed by 2 s a step, saved into the store."""
-    name = f"test-finetune-{os.getpid()}"
-    result = finetune(base=tiny_base, name=name, num_workers=2, max_steps=3, batch_size=2, seq_len=64,
-                      checkpoint_every=3, lr=1e-3, slow_rank=1, slow_s=SLOW_S,
-                      storage=tmp_path_factory.mktemp("train"), progress=False)
-    yield result
-    shutil.rmtree(store.models_dir() / name, ignore_errors=True)
-
-
-def test_two_workers_train_report_every_step_and_save_a_model_the_cli_loads(real_run):
-    r = real_run
-    assert [h["step"] for h in r.history] == [1, 2, 3] and r.restarts == 0
-    assert all(len(h["rank_forward_s"]) == 2 and h["tokens_per_s"] > 0 and 0 < h["mfu"] < 1 for h in r.history)
-    assert r.eval_loss_after < r.eval_loss_before  # held-out questions: it learned the answers' form
-    assert r.history[-1]["stall_s"] > 0 and r.history[-1]["checkpoint_step"] == 3  # saved blocking, registered
-    assert r.name in store.trained_models()
-    base = store.read_manifest(r.name)["source"]["base"]
-    assert store.read_manifest(r.name)["source"] == {"kind": "finetuned", "base": base, "data": "workshop_qa"}
-    assert store.read_manifest(base)["source"]["base"] == "smollm2-135m-instruct"  # the miniature's own base
-    listed = run_cli("models", "list")
-    assert r.name in listed.stdout and f"fine-tuned here from {base}" in listed.stdout
-    done = run_cli("generate", "--model", r.name, "--max-new-tokens", "8", "What is Ray?")
-    assert done.returncode == 0, done.stderr
-    assert "tokens" in done.stdout
-
-
-def test_the_slowed_rank_is_found_from_its_own_step_times(real_run):
-    forward = [h["rank_forward_s"] for h in real_run.history]
-    gap = statistics.median(f[1] - f[0] for f in forward)  # rank 1 behind rank 0, step by step
-    assert gap > SLOW_S / 2, forward
-
-
-def test_a_killed_worker_is_replaced_and_the_loss_continues_from_the_checkpoint(ray_cluster, tiny_base, tmp_path):
+def bad_day(ray_cluster, tiny_base, tmp_path_factory):
+    """One run with everything in it (Ray Train's start-up is most of a run's time here): two
+    workers, five steps, rank 1 slowed by 2 s a step and SIGKILLed after step 3 once a checkpoint
+    (saved asynchronously) is registered; the result saved into the store."""
     killed = {}
 
     def kill_rank_1_once_a_checkpoint_is_in(row):
@@ -76,10 +46,40 @@ def test_a_killed_worker_is_replaced_and_the_loss_continues_from_the_checkpoint(
             killed.update(pid=row["pids"][1], step=row["step"])
             os.kill(killed["pid"], signal.SIGKILL)  # a worker process this run started, by its id
 
-    result = finetune(base=tiny_base, save=False, storage=tmp_path, on_step=kill_rank_1_once_a_checkpoint_is_in,
-                      checkpoint_mode="async", **SMALL)
+    name = f"test-finetune-{os.getpid()}"
+    result = finetune(base=tiny_base, name=name, slow_rank=1, slow_s=SLOW_S, checkpoint_mode="async",
+                      on_step=kill_rank_1_once_a_checkpoint_is_in, storage=tmp_path_factory.mktemp("train"),
+                      **SMALL)
+    yield result, killed
+    shutil.rmtree(store.models_dir() / name, ignore_errors=True)
+
+
+def test_two_workers_train_report_every_step_and_save_a_model_the_cli_loads(bad_day):
+    r, _ = bad_day
+    assert [h["step"] for h in r.history] == [1, 2, 3, 4, 5]
+    assert all(len(h["rank_forward_s"]) == 2 and h["tokens_per_s"] > 0 and 0 < h["mfu"] < 1 for h in r.history)
+    assert r.eval_loss_after < r.eval_loss_before  # held-out questions: it learned the answers' form
+    assert r.history[-1]["stall_s"] > 0 and r.history[-1]["checkpoint_step"] == 5  # the last save waited for
+    assert r.name in store.trained_models()
+    base = store.read_manifest(r.name)["source"]["base"]
+    assert store.read_manifest(r.name)["source"] == {"kind": "finetuned", "base": base, "data": "workshop_qa"}
+    assert store.read_manifest(base)["source"]["base"] == "smollm2-135m-instruct"  # the miniature's own base
+    listed = run_cli("models", "list")
+    assert r.name in listed.stdout and f"fine-tuned here from {base}" in listed.stdout
+    done = run_cli("generate", "--model", r.name, "--max-new-tokens", "8", "What is Ray?")
+    assert done.returncode == 0, done.stderr
+    assert "tokens" in done.stdout
+
+
+def test_the_slowed_rank_is_found_from_its_own_step_times(bad_day):
+    forward = [h["rank_forward_s"] for h in bad_day[0].history]
+    gap = statistics.median(f[1] - f[0] for f in forward)  # rank 1 behind rank 0, step by step
+    assert gap > SLOW_S / 2, forward
+
+
+def test_a_killed_worker_is_replaced_and_the_loss_continues_from_the_checkpoint(bad_day):
+    result, killed = bad_day
     assert "pid" in killed and result.restarts == 1
-    assert [h["step"] for h in result.history] == [1, 2, 3, 4, 5]
     # The steps after the checkpoint ran twice: before the kill and after the new worker group
     # resumed. Same weights, same examples: the same losses. Only those steps were redone.
     redone = list(range(killed["checkpoint"] + 1, killed["step"] + 1))
