@@ -115,7 +115,7 @@ def _plot(runs: dict, path: Path) -> None:
 
     parts = ("productive_s", "stall_s", "restart_s", "recomputed_s", "other_s")
     fig, ax = plt.subplots(figsize=(7, 3))
-    for i, (label, r) in enumerate(runs.items()):
+    for i, r in enumerate(runs.values()):
         left = 0.0
         for part, colour in zip(parts, ("tab:green", "tab:orange", "tab:red", "tab:purple", "tab:gray"), strict=True):
             ax.barh(i, r[part], left=left, color=colour, label=part[:-2] if i == 0 else None)

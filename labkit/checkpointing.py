@@ -35,8 +35,9 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+# torch.distributed.checkpoint is imported where it is used: it takes as long to import as torch
+# itself, and every Ray Train worker (and the driver) imports this module, most never saving.
 
 Mode = Literal["blocking", "async"]
 MODES = ("blocking", "async")
@@ -45,6 +46,8 @@ MODES = ("blocking", "async")
 def _states(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:
     # get_state_dict names optimizer state by parameter name (not position) and strips DDP's
     # "module." prefix, so a checkpoint loads into a bare model as well as a wrapped one.
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
     if optimizer is None:
         return {"model": model.state_dict()}
     model_state, optim_state = get_state_dict(model, optimizer)
@@ -63,6 +66,9 @@ class Checkpointer:
 
     def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, meta: dict) -> float:
         """Start (async) or do (blocking) a save; returns the seconds training was stalled."""
+        import torch.distributed.checkpoint as dcp
+        import torch.distributed.checkpoint.state_dict  # noqa: F401  (imported before the clock starts)
+
         t0 = time.perf_counter()
         self._wait()  # back-pressure: one save in flight at most
         folder = self.root / f"step-{step:06d}"
@@ -99,6 +105,9 @@ class Checkpointer:
 def load(folder: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:
     """Load a checkpoint saved by ``Checkpointer`` into ``model`` (and ``optimizer``) in place;
     returns its ``meta.json``."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
     folder = Path(folder)
     states = _states(model, optimizer)
     dcp.load(states, checkpoint_id=folder, no_dist=True)
