@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import sys
@@ -103,6 +104,7 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))
     _plot(runs, args.out.with_suffix(".png"))
+    shutil.rmtree(storage, ignore_errors=True)  # five runs' checkpoints, 1.6 GB each
     print(f"raw: {args.out}")
     return 0
 

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import labkit.ray_runtime  # noqa: F401  (sets Ray's auth mode before anything imports ray)
 from labkit.chat_request import SamplingParams
 
 

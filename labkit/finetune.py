@@ -41,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+import labkit.ray_runtime  # noqa: F401  (sets Ray's auth mode before anything imports ray)
 from labkit import checkpointing
 
 
@@ -217,7 +218,9 @@ def finetune(*, base: str = "smollm2-135m-instruct", dataset: str = "workshop_qa
     overrides ``epochs``. Each worker gets ``cpus // num_workers`` torch threads on CPU.
     ``checkpoint_mode`` is ``"blocking"`` or ``"async"`` (see ``labkit.checkpointing``); each
     history row's ``stall_s`` is how long that step's checkpoint held training up, and
-    ``received_s`` when the driver saw the row (seconds since the call began).
+    ``received_s`` when the driver saw the row (seconds since the call began). Checkpoints go
+    under ``storage`` (default ``train/`` in labkit's home, ``$LABKIT_HOME``); with ``save=True`` the last one is
+    removed once the model is in the store.
     """
     import ray
     import ray.train
@@ -278,7 +281,7 @@ def finetune(*, base: str = "smollm2-135m-instruct", dataset: str = "workshop_qa
                                      resources_per_worker={"CPU": 0 if gpu else config["threads"]}),
         run_config=RunConfig(name=run_name, storage_path=str(storage), callbacks=[_Forward()],
                              failure_config=FailureConfig(max_failures=max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=1)),  # resuming needs the latest
     )
     outcome: dict = {}
 
@@ -318,6 +321,10 @@ def finetune(*, base: str = "smollm2-135m-instruct", dataset: str = "workshop_qa
     if save:
         store.save_trained(staging, name, base=base, data=dataset, license=store.read_manifest(base)["license"])
         saved = name
+        # The model is in the store now; the run's last checkpoint (weights and optimizer states:
+        # 1.6 GB for the chat model) would only fill the disk. Ray Train's run records stay.
+        for folder in (storage / run_name).glob("attempt-*"):
+            shutil.rmtree(folder, ignore_errors=True)
     return FinetuneResult(name=saved, history=history, eval_loss_before=state["eval_before"],
                           eval_loss_after=state["eval_after"], restarts=restarts,
                           wall_s=time.perf_counter() - t0, storage=storage / run_name,

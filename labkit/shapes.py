@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+import labkit.ray_runtime  # noqa: F401  (sets Ray's auth mode before to_ray_dataset imports ray)
+
 IMAGE_SIZE = 32
 
 SHAPES = {"circle": "圆形", "square": "正方形", "triangle": "三角形", "star": "星形"}

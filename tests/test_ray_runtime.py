@@ -87,3 +87,34 @@ def test_stop_head_ends_the_head_it_started_and_no_other(own_ray_tmp, monkeypatc
         import socket
 
         socket.create_connection((host, int(port)), timeout=5).close()  # the other head still answers
+
+
+def test_every_module_that_imports_ray_sets_the_auth_mode_first():
+    """Ray reads RAY_AUTH_MODE when it is imported: a module that imports ray (even inside a
+    function) must import labkit.ray_runtime at its top, or a fresh process (the CLI, a benchmark)
+    would start a cluster with auth off and fail to join its own GCS."""
+    import ast
+    from pathlib import Path
+
+    import labkit
+
+    missing = []
+    for path in sorted(Path(labkit.__file__).parent.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        imports_ray = any(isinstance(n, ast.Import) and any(a.name == "ray" or a.name.startswith("ray.")
+                                                              for a in n.names)
+                          or isinstance(n, ast.ImportFrom) and (n.module or "").split(".")[0] == "ray"
+                          for n in ast.walk(tree))
+        top = {a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names}
+        top |= {f"{n.module}.{a.name}" for n in tree.body if isinstance(n, ast.ImportFrom) for a in n.names}
+        top |= {n.module for n in tree.body if isinstance(n, ast.ImportFrom)}
+        if imports_ray and path.name != "ray_runtime.py" and not any(t and t.startswith("labkit.ray_runtime")
+                                                                      for t in top):
+            missing.append(path.name)
+    assert not missing, f"import labkit.ray_runtime at the top of: {', '.join(missing)}"
+
+
+def test_a_fresh_process_that_imports_finetune_has_token_auth():
+    got = _client("import labkit.finetune, os\nprint(os.environ.get('RAY_AUTH_MODE'))", auth_mode=None)
+    assert got.returncode == 0, got.stderr[-2000:]
+    assert got.stdout.strip() == "token"
