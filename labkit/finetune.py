@@ -144,7 +144,7 @@ def _train_loop(config: dict) -> None:
     # DDP over gloo (CPU) or NCCL (GPU). The rotary frequencies are constant buffers: broadcasting
     # them (DDP's default) would start every forward with a collective and hide a straggler's
     # own time inside everyone's forward.
-    ddp = prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": False})
+    ddp = prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": False})  # one worker: not wrapped
     device = next(ddp.parameters()).device
     gflops = _matmul_gflops()
     per_step = config["batch_size"] * world
@@ -186,13 +186,13 @@ def _train_loop(config: dict) -> None:
         if saver:
             if (step + 1) % config["checkpoint_every"] == 0 or last:
                 if last:
-                    row["eval_after"] = _eval_loss(ddp.module, held_out, pad_id, config["batch_size"])
+                    row["eval_after"] = _eval_loss(model, held_out, pad_id, config["batch_size"])
                 meta = {"step": step + 1, "history": history, "eval_before": eval_before,
                         "eval_after": row["eval_after"]}
-                row["stall_s"] = saver.save(step + 1, ddp.module, optimizer, meta)
+                row["stall_s"] = saver.save(step + 1, model, optimizer, meta)
             done = saver.finish() if last else saver.completed()
             if last and config["save_to"]:
-                ddp.module.save_pretrained(config["save_to"])
+                model.save_pretrained(config["save_to"])
                 tokenizer.save_pretrained(config["save_to"])
         # Ray Train takes one checkpoint per report: the newest completed one. An older one done
         # in the same step (the last step of an async run) is superseded: it is removed, not leaked.
