@@ -295,14 +295,16 @@ def finetune(*, base: str = "smollm2-135m-instruct", dataset: str = "workshop_qa
 
     t0 = time.perf_counter()
     threading.Thread(target=fit, daemon=True).start()
-    history, replaced, restarts, last_step = [], [], 0, 0
+    history, replaced, restarts, last_pids = [], [], 0, None
     bar = tqdm(desc=f"fine-tuning {base} on {num_workers} workers", unit="step", disable=not progress)
     while (row := queue.get()) is not None:
-        if row["step"] <= last_step:
-            restarts += 1  # a new worker group resumed from a checkpoint behind the last step seen
-            replaced += [h for h in history if h["step"] >= row["step"]]  # steps lost to the failure
+        if last_pids and row["pids"] != last_pids:
+            # A new worker group (new processes), resumed from the last checkpoint: the steps seen
+            # since were lost and are done again (none, if it checkpointed every step).
+            restarts += 1
+            replaced += [h for h in history if h["step"] >= row["step"]]
             history = [h for h in history if h["step"] < row["step"]]
-        last_step = row["step"]
+        last_pids = row["pids"]
         row["received_s"] = time.perf_counter() - t0
         history.append(row)
         bar.update(1)

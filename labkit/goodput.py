@@ -79,15 +79,18 @@ def measured(result) -> dict:
     rows = sorted([*result.history, *result.extra.get("replaced", [])], key=lambda r: r["received_s"])
     if not rows:
         raise ValueError("the run has no steps to measure")
-    start = rows[0]["received_s"] - rows[0]["step_s"]
+    # A row arrives after its step and its checkpoint's stall (the save comes before the report).
+    start = rows[0]["received_s"] - rows[0]["step_s"] - rows[0].get("stall_s", 0.0)
     wall = rows[-1]["received_s"] - start
     productive = sum(r["step_s"] for r in result.history)
     recomputed = sum(r["step_s"] for r in result.extra.get("replaced", []))
     stall = sum(r.get("stall_s", 0.0) for r in rows)
     restart = 0.0
     for before, after in itertools.pairwise(rows):
-        if after["step"] <= before["step"]:  # a new worker group: the gap is the restart
-            restart += after["received_s"] - after["step_s"] - before["received_s"]
+        if after.get("pids", before.get("pids")) != before.get("pids") or after["step"] <= before["step"]:
+            # a new worker group (its processes differ, or it went back to a checkpoint): the gap
+            # between the last row before and the first step after is the restart
+            restart += after["received_s"] - after["step_s"] - after.get("stall_s", 0.0) - before["received_s"]
     other = wall - productive - recomputed - stall - restart
     return {"wall_s": wall, "productive_s": productive, "stall_s": stall, "restart_s": restart,
             "recomputed_s": recomputed, "other_s": other, "ettr": productive / wall,

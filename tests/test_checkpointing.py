@@ -80,12 +80,24 @@ def test_ettr_has_an_optimum_near_youngs_interval_and_falls_with_scale():
 def test_measured_splits_a_run_with_one_failure_into_its_parts():
     # Steps of 1 s, a 0.5 s stall after step 2 (checkpoint), step 3 killed, a 10 s restart,
     # step 3 redone: what finetune's rows look like (received_s is when the driver saw each).
-    def row(step, t, stall=0.0):
-        return {"step": step, "step_s": 1.0, "stall_s": stall, "received_s": t}
-    history = [row(1, 1.0), row(2, 2.5, stall=0.5), row(3, 14.5), row(4, 15.5)]
+    def row(step, t, stall=0.0, pids=(10, 11)):
+        return {"step": step, "step_s": 1.0, "stall_s": stall, "received_s": t, "pids": list(pids)}
+    history = [row(1, 1.0), row(2, 2.5, stall=0.5), row(3, 14.5, pids=(20, 21)), row(4, 15.5, pids=(20, 21))]
     replaced = [row(3, 3.5)]
     result = types.SimpleNamespace(history=history, restarts=1, extra={"replaced": replaced})
     parts = goodput.measured(result)
     assert parts["wall_s"] == 15.5 and parts["productive_s"] == 4.0 and parts["recomputed_s"] == 1.0
     assert parts["stall_s"] == 0.5 and parts["restart_s"] == 10.0 and parts["other_s"] == 0.0
     assert parts["ettr"] == pytest.approx(4 / 15.5)
+
+
+def test_a_restart_with_nothing_redone_is_still_a_restart():
+    # Checkpointed every step: the new workers resume exactly after the last step seen, so only
+    # their pids tell that a restart happened (the gap between steps 2 and 3).
+    rows = [{"step": 1, "step_s": 1.0, "stall_s": 0.2, "received_s": 1.2, "pids": [1, 2]},
+            {"step": 2, "step_s": 1.0, "stall_s": 0.2, "received_s": 2.4, "pids": [1, 2]},
+            {"step": 3, "step_s": 1.0, "stall_s": 0.2, "received_s": 13.6, "pids": [3, 4]}]
+    result = types.SimpleNamespace(history=rows, restarts=1, extra={"replaced": []})
+    parts = goodput.measured(result)
+    assert parts["restart_s"] == pytest.approx(10.0) and parts["recomputed_s"] == 0
+    assert parts["wall_s"] == pytest.approx(13.6) and parts["other_s"] == pytest.approx(0.0, abs=1e-9)
