@@ -1,6 +1,6 @@
 """Ray Train on this machine: throughput, checkpoint stalls, and ETTR with a worker killed.
 
-Run with ``.venv/bin/python benchmarks/bench_train.py`` (about 25 minutes on 2 cores). Fine-tunes
+Run with ``.venv/bin/python benchmarks/bench_train.py`` (26 minutes on 2 cores). Fine-tunes
 the kit's chat model (SmolLM2-135M, fp32) on ``datasets/workshop_qa`` with ``labkit.finetune``:
 
 1. **Throughput**: 1 worker (all the cores) vs 2 data-parallel workers (half each), tokens/s and

@@ -54,13 +54,18 @@ def _states(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> 
     return {"model": model_state, "optimizer": optim_state}
 
 
+def check_mode(mode: str) -> Mode:
+    """``mode`` if it is a checkpoint mode, else a ValueError that lists them."""
+    if mode not in MODES:
+        raise ValueError(f"checkpoint mode must be one of {MODES}, got {mode!r}")
+    return mode
+
+
 class Checkpointer:
     """Saves checkpoints under ``root`` as ``step-NNNNNN`` folders, blocking or asynchronously."""
 
     def __init__(self, root: str | Path, *, mode: Mode = "blocking"):
-        if mode not in MODES:
-            raise ValueError(f"checkpoint mode must be one of {MODES}, got {mode!r}")
-        self.root, self.mode = Path(root), mode
+        self.root, self.mode = Path(root), check_mode(mode)
         self._pending: tuple[Path, object] | None = None  # (folder, future) of the save in flight
         self._done: list[Path] = []  # written, not yet handed out by completed()
 

@@ -144,7 +144,7 @@ def _train_loop(config: dict) -> None:
     # DDP over gloo (CPU) or NCCL (GPU). The rotary frequencies are constant buffers: broadcasting
     # them (DDP's default) would start every forward with a collective and hide a straggler's
     # own time inside everyone's forward.
-    ddp = prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": False})  # one worker: not wrapped
+    ddp = prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": False})  # (1 worker: model itself)
     device = next(ddp.parameters()).device
     gflops = _matmul_gflops()
     per_step = config["batch_size"] * world
@@ -239,8 +239,7 @@ def finetune(*, base: str = "smollm2-135m-instruct", dataset: str = "workshop_qa
             raise ValueError(f"{label} must be a positive integer, got {value!r}")
     if max_steps is not None and not (isinstance(max_steps, int) and max_steps >= 1):
         raise ValueError(f"max_steps must be a positive integer or None, got {max_steps!r}")
-    if checkpoint_mode not in checkpointing.MODES:
-        raise ValueError(f"checkpoint_mode must be one of {checkpointing.MODES}, got {checkpoint_mode!r}")
+    checkpointing.check_mode(checkpoint_mode)  # here too, so a typo fails before Ray starts
     if slow_rank is not None and not 0 <= slow_rank < num_workers:
         raise ValueError(f"slow_rank must be a worker rank, 0 to {num_workers - 1}, got {slow_rank!r}")
     base_path = store.model_path(base)

@@ -98,7 +98,7 @@ def test_a_killed_worker_is_replaced_and_the_loss_continues_from_the_checkpoint(
     (dict(num_workers=0), "num_workers"),
     (dict(max_steps=0), "max_steps"),
     (dict(slow_rank=3, num_workers=2), "slow_rank"),
-    (dict(checkpoint_mode="sometimes"), "checkpoint_mode"),
+    (dict(checkpoint_mode="sometimes"), "checkpoint mode"),
     (dict(batch_size=64, num_workers=2), "cannot fill one step"),
     (dict(base="no-such-model"), "labkit models pull"),
     (dict(name="smollm2-135m-instruct"), "cannot name a trained model"),
