@@ -16,6 +16,8 @@ INSTALLER ?= uv
 PROFILE ?=
 # Non-empty runs the notebooks with small settings (what CI does).
 SMOKE ?=
+# pytest-xdist workers for `make test` (tests/conftest.py says how the suite is spread); 0 runs it in one process.
+TEST_WORKERS ?= 3
 # Extra arguments for `jupyter lab`, e.g. LAB_ARGS="--no-browser --ServerApp.port=8899".
 LAB_ARGS ?=
 # A file to write the seconds of each set-up step to (benchmarks/bench_setup.py uses it).
@@ -61,7 +63,7 @@ $(CHECKOV_VENV)/.installed: lock/checkov.txt | setup
 
 test: models checkov
 	$(BIN)/ruff check .
-	LABKIT_CHECKOV=$(CHECKOV_VENV)/bin/checkov $(BIN)/pytest
+	LABKIT_CHECKOV=$(CHECKOV_VENV)/bin/checkov $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 run: models
 	$(BIN)/labkit run-notebooks $(profile_flag) $(if $(SMOKE),--smoke) --output-dir runs/notebooks
