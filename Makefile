@@ -17,7 +17,7 @@ PROFILE ?=
 # Non-empty runs the notebooks with small settings (what CI does).
 SMOKE ?=
 # pytest-xdist workers for `make test` (tests/conftest.py says how the suite is spread); 0 runs it in one process.
-TEST_WORKERS ?= 3
+TEST_WORKERS ?= 2
 # Extra arguments for `jupyter lab`, e.g. LAB_ARGS="--no-browser --ServerApp.port=8899".
 LAB_ARGS ?=
 # A file to write the seconds of each set-up step to (benchmarks/bench_setup.py uses it).

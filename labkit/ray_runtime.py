@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -57,6 +58,38 @@ def configure_auth() -> str:
 configure_auth()
 
 
+@contextlib.contextmanager
+def one_start_at_a_time(timeout_s: float = 600):
+    """Start Ray clusters on this machine one after another, not at the same moment.
+
+    A starting raylet gives the dashboard agent (a Python process with many imports) a fixed 15 s
+    to report its port, and aborts the node otherwise. Three clusters starting together on two
+    cores (two notebooks opened at once, the test suite's workers) missed it; one at a time,
+    each start gets the CPU it needs. Ray has no setting for this wait, hence this lock (a file
+    lock, so it also holds between processes; released if the holder dies).
+    """
+    import fcntl
+    import tempfile
+    import time
+
+    path = Path(tempfile.gettempdir()) / f"labkit-ray-start-{os.getuid()}.lock"
+    with open(path, "a") as f:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"another Ray cluster on this machine has been starting for over "
+                                       f"{timeout_s:.0f}s (lock {path}); is a `ray start` stuck?") from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def init_ray(*, address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,
              dashboard: bool = True, quiet: bool = True) -> RayInfo:
     """Join a running Ray cluster (``address``, e.g. ``"auto"``, or ``$RAY_ADDRESS``) or start a local one.
@@ -81,7 +114,8 @@ def init_ray(*, address: str | None = None, num_cpus: int | None = None, num_gpu
                           dashboard_host=LOOPBACK)
             started_here = True
         try:
-            ray.init(**kwargs)
+            with one_start_at_a_time() if started_here else contextlib.nullcontext():
+                ray.init(**kwargs)
         except ConnectionError as exc:
             raise RuntimeError(
                 f"could not join the Ray cluster at {address!r}: {exc}. Is `ray start --head` running, "
@@ -122,8 +156,9 @@ def start_head(*, num_cpus: int | None = None, num_gpus: int | None = None, port
     if num_gpus is not None:
         cmd.append(f"--num-gpus={num_gpus}")
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
-                              env={**os.environ, "RAY_AUTH_MODE": configure_auth()})
+        with one_start_at_a_time():
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
+                                  env={**os.environ, "RAY_AUTH_MODE": configure_auth()})
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"`ray start --head` did not finish in {timeout_s:.0f}s; `labkit doctor` checks Ray "
                            "on this machine") from None
@@ -226,19 +261,22 @@ class LocalHead:
                f"--dashboard-agent-listen-port={agent_port}", f"--ray-client-server-port={client_port}"]
         cmd += ([f"--dashboard-port={dashboard_port}", f"--dashboard-host={LOOPBACK}", "--include-dashboard=true"]
                 if dashboard else ["--include-dashboard=false"])
-        self._proc = subprocess.Popen(cmd, env={**os.environ, "RAY_AUTH_MODE": configure_auth()},
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        # Its own session means it would outlive us: a notebook cell that fails before
-        # `head.stop()` must not leave a head running, so stop it when this process exits.
-        import atexit
-
-        atexit.register(self.stop)
         # Ray resolves loopback to this node's address, where the GCS listens.
         self.address = f"{LOOPBACK}:{port}"
         self.dashboard_url = f"http://{LOOPBACK}:{dashboard_port}" if dashboard else None
         ports = [port, agent_port, client_port] + ([dashboard_port] if dashboard else [])
-        if not _wait_until_listening(ports, deadline=time.monotonic() + timeout_s,
-                                     still_starting=lambda: self._proc.poll() is None):
+        with one_start_at_a_time():
+            self._proc = subprocess.Popen(cmd, env={**os.environ, "RAY_AUTH_MODE": configure_auth()},
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                          start_new_session=True)
+            # Its own session means it would outlive us: a notebook cell that fails before
+            # `head.stop()` must not leave a head running, so stop it when this process exits.
+            import atexit
+
+            atexit.register(self.stop)
+            up = _wait_until_listening(ports, deadline=time.monotonic() + timeout_s,
+                                       still_starting=lambda: self._proc.poll() is None)
+        if not up:
             exited = self._proc.poll()
             logs = _log_tails(Path(self._temp_dir) / "session_latest" / "logs", ("raylet.out", "gcs_server.out"))
             self.stop()

@@ -118,3 +118,20 @@ def test_a_fresh_process_that_imports_finetune_has_token_auth():
     got = _client("import labkit.finetune, os\nprint(os.environ.get('RAY_AUTH_MODE'))", auth_mode=None)
     assert got.returncode == 0, got.stderr[-2000:]
     assert got.stdout.strip() == "token"
+
+
+def test_ray_clusters_start_one_at_a_time_across_processes():
+    """Held here, the start lock makes another process wait, then time out with a clear message."""
+    import subprocess
+    import sys
+
+    from labkit.ray_runtime import one_start_at_a_time
+
+    probe = ("from labkit.ray_runtime import one_start_at_a_time\n"
+             "try:\n    with one_start_at_a_time(timeout_s=1): print('got it')\n"
+             "except TimeoutError as e: print('waited:', e)")
+    with one_start_at_a_time():
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert "waited: another Ray cluster on this machine has been starting for over 1s" in out.stdout, out.stderr
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "got it", out.stderr
