@@ -114,7 +114,9 @@ def init_ray(*, address: str | None = None, num_cpus: int | None = None, num_gpu
                           dashboard_host=LOOPBACK)
             started_here = True
         try:
-            with one_start_at_a_time() if started_here else contextlib.nullcontext():
+            if started_here:
+                _start_local(ray, kwargs)
+            else:
                 ray.init(**kwargs)
         except ConnectionError as exc:
             raise RuntimeError(
@@ -126,6 +128,37 @@ def init_ray(*, address: str | None = None, num_cpus: int | None = None, num_gpu
     token = auth_token_file()
     return RayInfo(address=ctx.gcs_address, dashboard_url=url, resources=ray.cluster_resources(),
                    auth_mode=mode, token_file=token if token.is_file() else None, started_here=started_here)
+
+
+def _start_local(ray, kwargs: dict, *, attempts: int = 3) -> None:
+    """``ray.init`` of a cluster of our own, tried again when its node misses Ray's start-up window.
+
+    On a busy machine (two cores, a compile or another cluster running) the dashboard agent can
+    take longer than the 15 s the raylet waits for it; Ray then aborts the node, and a second try
+    usually fits. What the failed try left running (its GCS, dashboard, reaper) are this process's
+    children, ended by their pids.
+    """
+    import sys
+
+    import psutil
+
+    me = psutil.Process()
+    with one_start_at_a_time():
+        for attempt in range(1, attempts + 1):
+            before = {p.pid for p in me.children(recursive=True)}
+            try:
+                ray.init(**kwargs)
+                return
+            except Exception as exc:
+                if "timed out during startup" not in str(exc) or attempt == attempts:
+                    raise
+                leftovers = [p for p in me.children(recursive=True) if p.pid not in before]
+                for proc in leftovers:
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        proc.kill()
+                psutil.wait_procs(leftovers, timeout=10)
+                print(f"labkit: Ray's node missed its start-up window on a busy machine (try {attempt} of "
+                      f"{attempts}); starting it again", file=sys.stderr, flush=True)
 
 
 def start_head(*, num_cpus: int | None = None, num_gpus: int | None = None, port: int | None = None,

@@ -23,21 +23,27 @@ from labkit.ray_runtime import free_port  # noqa: F401  (tests import it from he
 
 REPO = Path(__file__).resolve().parent.parent
 
-# `make test` runs the suite on several pytest-xdist workers (--dist loadgroup). A file's tests
-# stay on one worker, so module fixtures (a Ray Train run, a Serve app) are built once; the files
-# in PER_TEST have none and are spread test by test (each lab notebook is its own unit). Units
-# start longest first (LONGEST_FIRST, from the suite's --durations), so that no long unit is left
-# to start at the end.
-PER_TEST = {"tests/test_notebooks.py", "tests/test_batch.py", "tests/test_ray_runtime.py", "tests/test_store.py",
-            "tests/test_llm.py"}
+# `make test` runs the suite on two pytest-xdist workers (--dist loadgroup). Everything that
+# starts Ray (RAY_UNITS) runs on one worker, one test after another, as before: a starting raylet
+# gives its dashboard agent a fixed 15 s, which Ray starts missed when two Ray-heavy tests ran at
+# once on two cores. The other worker takes the rest (estimator, engine, diffusion, manifests,
+# Terraform, the labs without Ray), one torch thread each, so the two overlap. A file's tests stay
+# on one worker, so module fixtures are built once; PER_TEST files have none and are spread test
+# by test. Units start longest first (LONGEST_FIRST, from the suite's --durations).
 _LAB = "tests/test_notebooks.py::test_each_lab_runs_end_to_end_in_smoke_mode"
+RAY_UNITS = tuple(f"{_LAB}[{n}" for n in ("05", "09", "06", "08", "07", "04")) + tuple(
+    f"tests/test_{name}.py" for name in ("finetune", "batch", "jobs", "serve", "ray_runtime", "sharding",
+                                         "disaggregation", "baselines", "shapes"))
+PER_TEST = {"tests/test_notebooks.py", "tests/test_store.py", "tests/test_llm.py"}
 LONGEST_FIRST = [
-    f"{_LAB}[05", f"{_LAB}[09", f"{_LAB}[06", f"{_LAB}[08", "tests/test_finetune.py", f"{_LAB}[07",
-    "tests/test_batch.py::test_fast_path", "tests/test_jobs.py", "tests/test_serve.py", f"{_LAB}[01",
-    "tests/test_batch.py::test_every_row", f"{_LAB}[04", "tests/test_fastgen.py",
-    "tests/test_ray_runtime.py::test_stop_head", "tests/test_batch.py::test_cli_batch", "tests/test_sharding.py",
-    "tests/test_store.py::test_verify", "tests/test_batch.py::test_actor_killed", f"{_LAB}[03",
-    "tests/test_engine.py", "tests/test_disaggregation.py", f"{_LAB}[02", "tests/test_estimate.py",
+    *RAY_UNITS,  # one unit: "ray"
+    "tests/test_fastgen.py",
+    # xdist hands each worker two units at the start, the third unit going to the Ray worker
+    # behind all of Ray's tests: a short one.
+    "tests/test_profiles.py",
+    f"{_LAB}[01", "tests/test_engine.py", "tests/test_diffusion.py",
+    "tests/test_store.py::test_verify", f"{_LAB}[03", "tests/test_estimate.py", f"{_LAB}[02", "tests/test_lock.py",
+    "tests/test_llm.py", f"{_LAB}[00", "tests/test_infra.py", "tests/test_k8s_checkov.py",
 ]
 
 
@@ -50,8 +56,26 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=rank)  # stable: a file ranked as a whole keeps its tests together and in order
     for item in items:
         path = item.nodeid.split("::")[0]
-        if path not in PER_TEST:
+        if item.nodeid.startswith(RAY_UNITS):
+            item.add_marker(pytest.mark.xdist_group("ray"))
+        elif path not in PER_TEST:
             item.add_marker(pytest.mark.xdist_group(path))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """On a test worker, the first test that is not Ray's lowers this worker's CPU priority (and its
+    children's): Ray's starts on the other worker need two idle cores to make their 15 s (a
+    cluster took 37 s to start on an idle two-core machine, 44 s beside one busy core, and failed
+    three times in a row beside two), and most of Ray's tests wait on processes, leaving cores for this
+    worker."""
+    global _YIELDS_TO_RAY
+    if os.environ.get("PYTEST_XDIST_WORKER") and not _YIELDS_TO_RAY and not item.nodeid.startswith(RAY_UNITS):
+        os.nice(10)
+        _YIELDS_TO_RAY = True
+
+
+_YIELDS_TO_RAY = False
 
 
 def pytest_configure(config):

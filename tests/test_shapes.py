@@ -72,15 +72,10 @@ def test_grid_and_score_inputs():
         score([], [], [])
 
 
-def test_ray_dataset_matches_the_torch_view():
-    ray = pytest.importorskip("ray")
+def test_ray_dataset_matches_the_torch_view(ray_cluster):
     from labkit.shapes import to_ray_dataset
 
-    ray.init(num_cpus=1, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
-    try:
-        rows = sorted(to_ray_dataset(6, seed=2).take_all(), key=lambda r: r["index"])
-    finally:
-        ray.shutdown()
+    rows = sorted(to_ray_dataset(6, seed=2).take_all(), key=lambda r: r["index"])
     ds = ShapesDataset(6, seed=2)
     assert [r["caption_en"] for r in rows] == [ds[i]["caption_en"] for i in range(6)]
     assert np.array_equal(rows[0]["image"], np.asarray(ds[0]["image"]))
