@@ -63,7 +63,7 @@ $(CHECKOV_VENV)/.installed: lock/checkov.txt | setup
 
 test: models checkov
 	$(BIN)/ruff check .
-	LABKIT_CHECKOV=$(CHECKOV_VENV)/bin/checkov $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+	LABKIT_CHECKOV=$(CHECKOV_VENV)/bin/checkov $(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 run: models
 	$(BIN)/labkit run-notebooks $(profile_flag) $(if $(SMOKE),--smoke) --output-dir runs/notebooks

@@ -23,7 +23,7 @@ from labkit.ray_runtime import free_port  # noqa: F401  (tests import it from he
 
 REPO = Path(__file__).resolve().parent.parent
 
-# `make test` runs the suite on two pytest-xdist workers (--dist loadgroup). Everything that
+# `make test` runs the suite on two pytest-xdist workers, in units (`unit_of`). Everything that
 # starts Ray (RAY_UNITS) runs on one worker, one test after another, as before: a starting raylet
 # gives its dashboard agent a fixed 15 s, which Ray starts missed when two Ray-heavy tests ran at
 # once on two cores. The other worker takes the rest (estimator, engine, diffusion, manifests,
@@ -47,19 +47,33 @@ LONGEST_FIRST = [
 ]
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def unit_of(nodeid: str) -> str:
+    """The scheduling unit a test belongs to: "ray", its own id (PER_TEST files), else its file."""
+    if nodeid.startswith(RAY_UNITS):
+        return "ray"
+    path = nodeid.split("::")[0]
+    return nodeid if path in PER_TEST else path
+
+
 def pytest_collection_modifyitems(config, items):
     def rank(item) -> int:
         return next((i for i, prefix in enumerate(LONGEST_FIRST) if item.nodeid.startswith(prefix)),
                     len(LONGEST_FIRST))
 
     items.sort(key=rank)  # stable: a file ranked as a whole keeps its tests together and in order
-    for item in items:
-        path = item.nodeid.split("::")[0]
-        if item.nodeid.startswith(RAY_UNITS):
-            item.add_marker(pytest.mark.xdist_group("ray"))
-        elif path not in PER_TEST:
-            item.add_marker(pytest.mark.xdist_group(path))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's load-scope scheduler with labkit's units (its own group marker does nothing with
+    pytest 9.2, which no longer lets xdist rename a test)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class LabkitUnits(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return unit_of(nodeid)
+
+    return LabkitUnits(config, log)
 
 
 @pytest.hookimpl(tryfirst=True)
