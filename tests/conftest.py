@@ -13,20 +13,24 @@ from pathlib import Path
 
 import pytest
 
-# One torch thread per process (this one, its CLI subprocesses, notebook kernels, Ray workers),
-# set before anything imports torch. The kit's models are small: on two cores a second thread
-# made tests/test_engine.py 6% faster for 64% more CPU (mostly spinning), and the suite runs on
-# several test workers at once, which use the cores better than threads inside one test do.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+# On a test worker (TEST_WORKERS > 0), one torch thread per process (this one, its CLI
+# subprocesses, notebook kernels, Ray workers), set before anything imports torch: the kit's
+# models are small, and on two cores a second thread made tests/test_engine.py 6% faster for 64%
+# more CPU (mostly spinning), which the other worker can use better. One process keeps torch's default.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from labkit.ray_runtime import free_port  # noqa: F401  (tests import it from here)
 
 REPO = Path(__file__).resolve().parent.parent
 
-# `make test` runs the suite on two pytest-xdist workers, in units (`unit_of`). Everything that
-# starts Ray (RAY_UNITS) runs on one worker, one test after another, as before: a starting raylet
-# gives its dashboard agent a fixed 15 s, which Ray starts missed when two Ray-heavy tests ran at
-# once on two cores. The other worker takes the rest (estimator, engine, diffusion, manifests,
+# `make test TEST_WORKERS=2` runs the suite on two pytest-xdist workers, in units (`unit_of`).
+# Not the default: on this project's two-core machines Ray's starts then fail. A starting raylet
+# gives its dashboard agent a fixed 15 s to report; idle, the agent took 11 s here (the whole
+# cluster 37 s), so a notebook's cluster failed to start three times in a row even beside a
+# worker at nice 10. With more cores it should help; that is not verified here.
+# Everything that starts Ray (RAY_UNITS) runs on one worker, one test after another; the other
+# worker takes the rest (estimator, engine, diffusion, manifests,
 # Terraform, the labs without Ray), one torch thread each, so the two overlap. A file's tests stay
 # on one worker, so module fixtures are built once; PER_TEST files have none and are spread test
 # by test. Units start longest first (LONGEST_FIRST, from the suite's --durations).
@@ -56,6 +60,9 @@ def unit_of(nodeid: str) -> str:
 
 
 def pytest_collection_modifyitems(config, items):
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # one process: files in their usual order
+
     def rank(item) -> int:
         return next((i for i, prefix in enumerate(LONGEST_FIRST) if item.nodeid.startswith(prefix)),
                     len(LONGEST_FIRST))
