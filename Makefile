@@ -16,9 +16,6 @@ INSTALLER ?= uv
 PROFILE ?=
 # Non-empty runs the notebooks with small settings (what CI does).
 SMOKE ?=
-# pytest-xdist workers for `make test`; 0 (the default) runs the suite in one process. On two
-# cores more workers make Ray's starts fail (tests/conftest.py says why and how the suite is spread).
-TEST_WORKERS ?= 0
 # Extra arguments for `jupyter lab`, e.g. LAB_ARGS="--no-browser --ServerApp.port=8899".
 LAB_ARGS ?=
 # A file to write the seconds of each set-up step to (benchmarks/bench_setup.py uses it).
@@ -64,7 +61,7 @@ $(CHECKOV_VENV)/.installed: lock/checkov.txt | setup
 
 test: models checkov
 	$(BIN)/ruff check .
-	LABKIT_CHECKOV=$(CHECKOV_VENV)/bin/checkov $(BIN)/pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder)
+	LABKIT_CHECKOV=$(CHECKOV_VENV)/bin/checkov $(BIN)/pytest
 
 run: models
 	$(BIN)/labkit run-notebooks $(profile_flag) $(if $(SMOKE),--smoke) --output-dir runs/notebooks

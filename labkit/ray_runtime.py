@@ -64,9 +64,10 @@ def one_start_at_a_time(timeout_s: float = 600):
 
     A starting raylet gives the dashboard agent (a Python process with many imports) a fixed 15 s
     to report its port, and aborts the node otherwise. Three clusters starting together on two
-    cores (two notebooks opened at once, the test suite's workers) missed it; one at a time,
-    each start gets the CPU it needs. Ray has no setting for this wait, hence this lock (a file
-    lock, so it also holds between processes; released if the holder dies).
+    cores (the test suite tried on three workers) all missed it. One at a time, starts no longer
+    compete with each other (other heavy work still can: see ``_start_local``). Ray has no
+    setting for this wait, hence this lock (a file lock, so it holds between processes; the
+    system releases it if the holder dies).
     """
     import fcntl
     import tempfile
@@ -130,35 +131,21 @@ def init_ray(*, address: str | None = None, num_cpus: int | None = None, num_gpu
                    auth_mode=mode, token_file=token if token.is_file() else None, started_here=started_here)
 
 
-def _start_local(ray, kwargs: dict, *, attempts: int = 3) -> None:
-    """``ray.init`` of a cluster of our own, tried again when its node misses Ray's start-up window.
-
-    On a busy machine (two cores, a compile or another cluster running) the dashboard agent can
-    take longer than the 15 s the raylet waits for it; Ray then aborts the node, and a second try
-    usually fits. What the failed try left running (its GCS, dashboard, reaper) are this process's
-    children, ended by their pids.
-    """
-    import sys
-
-    import psutil
-
-    me = psutil.Process()
+def _start_local(ray, kwargs: dict) -> None:
+    """``ray.init`` of a cluster of our own, one start at a time, with Ray's start-up timeout
+    explained: on a busy machine the dashboard agent misses the raylet's 15 s (trying again
+    beside the same load failed the same way here, so there is no retry)."""
     with one_start_at_a_time():
-        for attempt in range(1, attempts + 1):
-            before = {p.pid for p in me.children(recursive=True)}
-            try:
-                ray.init(**kwargs)
-                return
-            except Exception as exc:
-                if "timed out during startup" not in str(exc) or attempt == attempts:
-                    raise
-                leftovers = [p for p in me.children(recursive=True) if p.pid not in before]
-                for proc in leftovers:
-                    with contextlib.suppress(psutil.NoSuchProcess):
-                        proc.kill()
-                psutil.wait_procs(leftovers, timeout=10)
-                print(f"labkit: Ray's node missed its start-up window on a busy machine (try {attempt} of "
-                      f"{attempts}); starting it again", file=sys.stderr, flush=True)
+        try:
+            ray.init(**kwargs)
+        except Exception as exc:
+            if "timed out during startup" not in str(exc):
+                raise
+            raise RuntimeError(
+                "Ray's node did not come up: its dashboard agent must report within 15 s of the raylet "
+                "starting, and this machine was too busy (on two cores it needs about 11 s of them idle). "
+                "Let other heavy work (another notebook's model, a compile, a test run) finish, then run "
+                "this again.") from exc
 
 
 def start_head(*, num_cpus: int | None = None, num_gpus: int | None = None, port: int | None = None,

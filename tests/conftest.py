@@ -1,7 +1,4 @@
-"""Shared fixtures, and how the suite is spread over test workers.
-
-The cpu-profile chat model is pulled once (a no-op when already in the store).
-"""
+"""Shared fixtures. The cpu-profile chat model is pulled once (a no-op when already in the store)."""
 
 from __future__ import annotations
 
@@ -13,102 +10,9 @@ from pathlib import Path
 
 import pytest
 
-# On a test worker (TEST_WORKERS > 0), one torch thread per process (this one, its CLI
-# subprocesses, notebook kernels, Ray workers), set before anything imports torch: the kit's
-# models are small, and on two cores a second thread made tests/test_engine.py 6% faster for 64%
-# more CPU (mostly spinning), which the other worker can use better. One process keeps torch's default.
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-
 from labkit.ray_runtime import free_port  # noqa: F401  (tests import it from here)
 
 REPO = Path(__file__).resolve().parent.parent
-
-# `make test TEST_WORKERS=2` runs the suite on two pytest-xdist workers, in units (`unit_of`).
-# Not the default: on this project's two-core machines Ray's starts then fail. A starting raylet
-# gives its dashboard agent a fixed 15 s to report; idle, the agent took 11 s here (the whole
-# cluster 37 s), so a notebook's cluster failed to start three times in a row even beside a
-# worker at nice 10. With more cores it should help; that is not verified here.
-# Everything that starts Ray (RAY_UNITS) runs on one worker, one test after another; the other
-# worker takes the rest (estimator, engine, diffusion, manifests,
-# Terraform, the labs without Ray), one torch thread each, so the two overlap. A file's tests stay
-# on one worker, so module fixtures are built once; PER_TEST files have none and are spread test
-# by test. Units start longest first (LONGEST_FIRST, from the suite's --durations).
-_LAB = "tests/test_notebooks.py::test_each_lab_runs_end_to_end_in_smoke_mode"
-RAY_UNITS = tuple(f"{_LAB}[{n}" for n in ("05", "09", "06", "08", "07", "04")) + tuple(
-    f"tests/test_{name}.py" for name in ("finetune", "batch", "jobs", "serve", "ray_runtime", "sharding",
-                                         "disaggregation", "baselines", "shapes"))
-PER_TEST = {"tests/test_notebooks.py", "tests/test_store.py", "tests/test_llm.py"}
-LONGEST_FIRST = [
-    *RAY_UNITS,  # one unit: "ray"
-    "tests/test_fastgen.py",
-    # xdist hands each worker two units at the start, the third unit going to the Ray worker
-    # behind all of Ray's tests: a short one.
-    "tests/test_profiles.py",
-    f"{_LAB}[01", "tests/test_engine.py", "tests/test_diffusion.py",
-    "tests/test_store.py::test_verify", f"{_LAB}[03", "tests/test_estimate.py", f"{_LAB}[02", "tests/test_lock.py",
-    "tests/test_llm.py", f"{_LAB}[00", "tests/test_infra.py", "tests/test_k8s_checkov.py",
-]
-
-
-def unit_of(nodeid: str) -> str:
-    """The scheduling unit a test belongs to: "ray", its own id (PER_TEST files), else its file."""
-    if nodeid.startswith(RAY_UNITS):
-        return "ray"
-    path = nodeid.split("::")[0]
-    return nodeid if path in PER_TEST else path
-
-
-def pytest_collection_modifyitems(config, items):
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        return  # one process: files in their usual order
-
-    def rank(item) -> int:
-        return next((i for i, prefix in enumerate(LONGEST_FIRST) if item.nodeid.startswith(prefix)),
-                    len(LONGEST_FIRST))
-
-    items.sort(key=rank)  # stable: a file ranked as a whole keeps its tests together and in order
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_xdist_make_scheduler(config, log):
-    """xdist's load-scope scheduler with labkit's units (its own group marker does nothing with
-    pytest 9.2, which no longer lets xdist rename a test)."""
-    from xdist.scheduler import LoadScopeScheduling
-
-    class LabkitUnits(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return unit_of(nodeid)
-
-    return LabkitUnits(config, log)
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item):
-    """On a test worker, the first test that is not Ray's lowers this worker's CPU priority (and its
-    children's): Ray's starts on the other worker need two idle cores to make their 15 s (a
-    cluster took 37 s to start on an idle two-core machine, 44 s beside one busy core, and failed
-    three times in a row beside two), and most of Ray's tests wait on processes, leaving cores for this
-    worker."""
-    global _YIELDS_TO_RAY
-    if os.environ.get("PYTEST_XDIST_WORKER") and not _YIELDS_TO_RAY and not item.nodeid.startswith(RAY_UNITS):
-        os.nice(10)
-        _YIELDS_TO_RAY = True
-
-
-_YIELDS_TO_RAY = False
-
-
-def pytest_configure(config):
-    """Ray writes its cluster token on first start; with several workers starting clusters at once,
-    two could write different tokens. The controlling process makes it once, before any worker."""
-    if hasattr(config, "workerinput"):
-        return
-    from labkit.ray_runtime import auth_token_file
-
-    if os.environ.get("RAY_AUTH_MODE", "token") == "token" and not auth_token_file().is_file():
-        subprocess.run([str(Path(sys.executable).parent / "ray"), "get-auth-token", "--generate"],
-                       capture_output=True, check=True, timeout=120)
 
 
 @pytest.fixture(scope="session")
