@@ -56,6 +56,20 @@ def test_exports_are_what_uv_lock_says_and_uv_lock_fits_pyproject():
     assert lockfile.parse(exported) == entries("cuda.txt"), "lock/cuda.txt is stale: run `make lock-refresh`"
 
 
+def test_the_environment_is_compiled_to_bytecode():
+    """`make setup` compiles site-packages once; without it, where PYTHONDONTWRITEBYTECODE is set,
+    every Ray worker and kernel compiles torch, transformers and Ray again (seconds each)."""
+    import importlib.util
+
+    import ray
+    import torch
+    import transformers
+
+    missing = [m.__name__ for m in (torch, transformers, ray)
+               if not Path(importlib.util.cache_from_source(m.__file__)).is_file()]
+    assert not missing, f"no bytecode for {missing}: run `make sync` (uv pip sync --compile-bytecode)"
+
+
 @pytest.mark.skipif(bool(os.environ.get("LABKIT_CANARY")), reason="the canary runs newer versions on purpose")
 def test_this_environment_is_exactly_the_lock():
     path = lockfile.lock_path(lockfile.installed_variant())
