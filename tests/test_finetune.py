@@ -15,7 +15,7 @@ from labkit.finetune import finetune, miniature
 
 # Two workers share two cores with the driver, so one rank's forward varies by up to ~0.8 s from
 # step to step (seen in CI: 0.78 to 1.53 s). The straggler must stand out from that noise.
-SLOW_S = 2.0
+SLOW_S = 1.0  # far above a step of the 3M-weight miniature (tens of ms), even on a busy machine
 SMALL = dict(num_workers=2, max_steps=5, batch_size=2, seq_len=64, checkpoint_every=2, lr=1e-3, progress=False)
 
 
@@ -32,7 +32,7 @@ def tiny_base(chat_model_path):
 @pytest.fixture(scope="module")
 def bad_day(ray_cluster, tiny_base, tmp_path_factory):
     """One run with everything in it (Ray Train's start-up is most of a run's time here): two
-    workers, five steps, rank 1 slowed by 2 s a step and SIGKILLed after step 3 once a checkpoint
+    workers, five steps, rank 1 slowed by SLOW_S a step and SIGKILLed after step 3 once a checkpoint
     (saved asynchronously) is registered; the result saved into the store."""
     killed = {}
 
