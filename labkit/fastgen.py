@@ -16,8 +16,10 @@ new token of a decode step. This module keeps the model and changes how a step r
   instead of copying KV heads for grouped-query attention.
 * Bucketed shapes: a compiled graph is specialised to its (batch, cache length), so batches are
   padded up to a power of two and cache lengths to the next bucket. A handful of graphs serve
-  every request; each is compiled once per process (inductor also caches it on disk, so the next
-  process pays ~10 s instead of ~60 s) and the time is printed, not hidden.
+  every request; each is compiled once per process and the time is printed, not hidden. Inductor
+  caches a batch-1 graph on disk for the next process; a frozen graph (CPU, batch > 1, below)
+  holds oneDNN-packed weights, which its cache cannot store ("mkldnn tensors unpickleable"), so
+  every process compiles those again (about 100 s for SmolLM2 at batch 4 on 2 cores).
 
 Where a compiler is missing (no C++ toolchain) or compiling fails, decoding goes on with the
 same static cache uncompiled, after one warning. Greedy output is the same token for token as
@@ -182,7 +184,7 @@ class FastDecoder:
         self.compile_seconds[shape] = seconds = time.perf_counter() - t0
         if self.verbose:
             tqdm.write(f"[labkit] compiled the decode step for batch {shape[0]} x cache {shape[1]} in "
-                       f"{seconds:.1f} s (once per process; inductor caches it on disk for the next one)")
+                       f"{seconds:.1f} s (once per process)")
         return logits
 
     def _cache(self, batch: int, length: int):

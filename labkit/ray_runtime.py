@@ -143,7 +143,7 @@ def _start_local(ray, kwargs: dict) -> None:
                 raise
             raise RuntimeError(
                 "Ray's node did not come up: its dashboard agent must report within 15 s of the raylet "
-                "starting, and this machine was too busy (on two cores it needs about 11 s of them idle). "
+                "starting, and this machine was too busy (it starts several Python processes at once). "
                 "Let other heavy work (another notebook's model, a compile, a test run) finish, then run "
                 "this again.") from exc
 
