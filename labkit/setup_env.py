@@ -21,9 +21,9 @@ that serves other files is refused.
 uv installs with ``--compile-bytecode`` (pip compiles by default): uv otherwise leaves the
 compiling to the first import, and where ``PYTHONDONTWRITEBYTECODE`` is set (this kit's CI
 machines, many containers) that first import never ends: every process compiles torch,
-transformers and Ray again. Measured on 2 cores: ``import torch, transformers`` 10.6 s -> 5.2 s,
-a local Ray start 19 s -> 8 s, a Ray actor loading the chat model 25 s -> 12 s. It costs about
-a minute once, at set-up (uv skips files already compiled).
+transformers and Ray again. Medians on 2 cores (``benchmarks/bench_startup.py``): ``import torch,
+transformers`` 9.0 s -> 4.6 s, a local Ray start 24 s -> 8 s, two Ray actors loading the chat
+model 26 s -> 12 s. It costs about a minute once, at set-up (uv skips files already compiled).
 
 Example (where torch's CPU build comes from when nothing is set):
     >>> torch_index_args({})
@@ -384,8 +384,7 @@ def canary(*, venv: Path, torch: str = "locked", env: dict | None = None) -> Non
     elif variant == "cpu":
         extra = ["--torch-backend", "cpu"]
     _run([*_pip(py, "uv", "install"), "--upgrade", "--resolution", "highest", "--compile-bytecode",
-          *uv_index_args(env), *extra,
-          "-e", f"{REPO}[dev]"], env, fail="the newest allowed versions do not install together: read uv's message")
+          *uv_index_args(env), *extra, "-e", f"{REPO}[dev]"], env, fail="the newest allowed versions do not install together: read uv's message")
     _run([str(py), "-m", "ipykernel", "install", "--sys-prefix", "--name", "labkit"], env)
     _run([str(py), "-m", "labkit.setup_env", "drift", "--variant", variant], env, check=False)
 
