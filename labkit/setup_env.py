@@ -384,7 +384,8 @@ def canary(*, venv: Path, torch: str = "locked", env: dict | None = None) -> Non
     elif variant == "cpu":
         extra = ["--torch-backend", "cpu"]
     _run([*_pip(py, "uv", "install"), "--upgrade", "--resolution", "highest", "--compile-bytecode",
-          *uv_index_args(env), *extra, "-e", f"{REPO}[dev]"], env, fail="the newest allowed versions do not install together: read uv's message")
+          *uv_index_args(env), *extra, "-e", f"{REPO}[dev]"], env,
+         fail="the newest allowed versions do not install together: read uv's message")
     _run([str(py), "-m", "ipykernel", "install", "--sys-prefix", "--name", "labkit"], env)
     _run([str(py), "-m", "labkit.setup_env", "drift", "--variant", variant], env, check=False)
 
