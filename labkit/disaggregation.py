@@ -44,14 +44,14 @@ def _to_perf(wall: float) -> float:
 class _PhaseWorker:
     """One phase's engine in a Ray actor (made into one by ``DisaggregatedEngine``)."""
 
-    def __init__(self, role: str, profile: str | None, max_batch: int, threads: int):
+    def __init__(self, role: str, profile: str | None, max_batch: int, threads: int, dtype: str | None = None):
         import torch
 
         from labkit.engine import Engine
         from labkit.llm import load_chat_model
 
         torch.set_num_threads(threads)
-        lm = load_chat_model(profile)
+        lm = load_chat_model(profile, dtype=dtype)
         self.engine = Engine(lm.model, lm.tokenizer, max_batch=max_batch, max_queue=4096, role=role).start()
 
     def ready(self) -> bool:
@@ -112,11 +112,12 @@ class DisaggregatedEngine:
     """A prefill actor and a decode actor that together take ``submit`` like one ``Engine``.
 
     ``prefill_cpus`` and ``decode_cpus``: CPUs (and torch threads) for each actor; joins or starts
-    Ray with ``labkit.ray_runtime.init_ray``. ``stop()`` ends the two actors (and nothing else).
+    Ray with ``labkit.ray_runtime.init_ray``. ``dtype`` (e.g. ``"float32"``) overrides the
+    machine's choice in both actors. ``stop()`` ends the two actors (and nothing else).
     """
 
     def __init__(self, *, profile: str | None = None, prefill_cpus: int = 1, decode_cpus: int = 1,
-                 max_batch: int = 16):
+                 max_batch: int = 16, dtype: str | None = None):
         import ray
         from transformers import AutoTokenizer
 
@@ -136,9 +137,9 @@ class DisaggregatedEngine:
         worker = ray.remote(_PhaseWorker)
         # Threaded actors: each call waits on its own request while the engine batches them all.
         self.prefill_actor = worker.options(num_cpus=prefill_cpus, max_concurrency=256).remote(
-            "prefill", profile, max_batch, prefill_cpus)
+            "prefill", profile, max_batch, prefill_cpus, dtype)
         self.decode_actor = worker.options(num_cpus=decode_cpus, max_concurrency=256).remote(
-            "decode", profile, max_batch, decode_cpus)
+            "decode", profile, max_batch, decode_cpus, dtype)
         try:  # a cluster whose CPUs are held by other actors would otherwise leave these pending forever
             ray.get([self.prefill_actor.ready.remote(), self.decode_actor.ready.remote()], timeout=600)
         except ray.exceptions.GetTimeoutError:

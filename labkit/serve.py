@@ -67,6 +67,7 @@ class ServeSettings:
     scheduler: str = "fcfs"  # continuous only: "fcfs" or "mlfq" (labkit.scheduling)
     prefill_mode: str = "prefill-first"  # or "decode-first", "chunked"
     max_queue: int = 64  # continuous only: requests waiting to start before 429s
+    dtype: str | None = None  # None: the machine's choice (labkit.profiles.pick_device_dtype); "float32" etc.
 
     def check(self) -> None:
         for name in ("chat_replicas", "image_replicas", "max_batch_size", "max_tokens_limit", "max_images"):
@@ -87,6 +88,8 @@ class ServeSettings:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if not isinstance(self.max_queue, int) or self.max_queue < 1:
             raise ValueError(f"max_queue must be a positive integer, got {self.max_queue!r}")
+        if self.dtype is not None:
+            profiles.pick_device_dtype(device="cpu", dtype=self.dtype)  # the one dtype check: raises on a bad name
 
 
 class RequestError(Exception):
@@ -199,7 +202,7 @@ def _chat_deployment():
             spec = profiles.model_for("chat", self.s.profile)
             device = "cuda" if self.s.chat_num_gpus else "cpu"
             self.lm = ChatModel.from_pretrained(store.pull(spec.name, progress=False)[0], device=device,
-                                                name=spec.name)
+                                                dtype=self.s.dtype, name=spec.name)
             self.engine = None
             if self.s.batching == "continuous":
                 from labkit.engine import Engine

@@ -16,7 +16,7 @@ def test_the_pair_replies_as_one_engine_does_and_moves_the_kv_between_processes(
     expected = [whole.submit(lm.format_chat(p), SamplingParams(max_tokens=10)) for p in PROMPTS]
     whole.run_until_idle()
 
-    pair = DisaggregatedEngine(profile="cpu", prefill_cpus=1, decode_cpus=1, max_batch=4)
+    pair = DisaggregatedEngine(profile="cpu", prefill_cpus=1, decode_cpus=1, max_batch=4, dtype="float32")
     try:
         handles = [pair.submit(lm.format_chat(p), SamplingParams(max_tokens=10)) for p in PROMPTS]
         one_token = pair.submit(lm.format_chat(PROMPTS[0]), SamplingParams(max_tokens=1))

@@ -21,8 +21,10 @@ def server(ray_cluster):
     from labkit.serve import deploy
 
     # The replica runs the continuous-batching engine: every chat request below goes through it.
+    # fp32: the precision where greedy replies cannot depend on what else is in the batch (in bf16
+    # a CPU with AMX rounds a batch's matmul differently from one row's, and a token can flip).
     url = deploy(ServeSettings(port=free_port(), max_batch_size=8, max_queue=8, max_tokens_limit=64,
-                               default_max_tokens=16))
+                               default_max_tokens=16, dtype="float32"))
     yield url
     serve.shutdown()
 
@@ -214,6 +216,8 @@ def test_serve_config_is_valid_and_bad_settings_are_refused():
         serve_config(ServeSettings(chat_replicas=0))
     with pytest.raises(ValueError, match="chat_num_gpus must be >= 0"):
         serve_config(ServeSettings(chat_num_gpus=-1))
+    with pytest.raises(ValueError, match="unknown dtype 'fp64'"):
+        serve_config(ServeSettings(dtype="fp64"))
 
 
 def test_cli_bench_and_config(server, tmp_path):
