@@ -379,6 +379,7 @@ def _serve_settings_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chat-num-gpus", type=float, default=0, help="0.5 with --image-num-gpus 0.5 shares a GPU")
     p.add_argument("--image-num-gpus", type=float, default=0)
     p.add_argument("--fast", action="store_true", help="static batching: static KV cache + compiled decode step")
+    p.add_argument("--dtype", help="the chat model's bfloat16, float16 or float32 (default: the machine's choice)")
 
 
 def _serve_settings(args):
@@ -389,7 +390,8 @@ def _serve_settings(args):
                       batch_wait_timeout_s=args.batch_wait_timeout, chat_replicas=args.chat_replicas,
                       chat_max_replicas=args.chat_max_replicas, chat_num_gpus=args.chat_num_gpus,
                       image_num_gpus=args.image_num_gpus, fast_generation=args.fast, batching=args.batching,
-                      scheduler=args.scheduler, prefill_mode=args.prefill_mode, max_queue=args.max_queue)
+                      scheduler=args.scheduler, prefill_mode=args.prefill_mode, max_queue=args.max_queue,
+                      dtype=args.dtype)
     s.check()
     return s
 
