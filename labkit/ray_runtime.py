@@ -264,7 +264,8 @@ class LocalHead:
         http://127.0.0.1:40123
     """
 
-    def __init__(self, *, num_cpus: int = 1, dashboard: bool = True, timeout_s: float = 180):
+    def __init__(self, *, num_cpus: int = 1, num_gpus: int = 0, dashboard: bool = True, timeout_s: float = 180,
+                 port: int | None = None, autoscaling_config: str | os.PathLike | None = None):
         import shutil
         import subprocess
         import sys
@@ -273,11 +274,13 @@ class LocalHead:
 
         # A short temp dir: Ray's unix socket paths live under it and must stay under ~107 characters.
         self._temp_dir = tempfile.mkdtemp(prefix="lkray")
-        port, dashboard_port, agent_port, client_port = (free_port() for _ in range(4))
+        port = port or free_port()
+        dashboard_port, agent_port, client_port = (free_port() for _ in range(3))
         # Ports with fixed defaults get free ones: another Ray on this machine (a notebook's
         # ray.init(), the test suite's cluster) already holds 52365 (the job agent) and 10001.
         cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}",
-               f"--num-cpus={num_cpus}", "--disable-usage-stats", f"--temp-dir={self._temp_dir}",
+               f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}", "--disable-usage-stats",
+               f"--temp-dir={self._temp_dir}",
                f"--dashboard-agent-listen-port={agent_port}", f"--ray-client-server-port={client_port}"]
         cmd += ([f"--dashboard-port={dashboard_port}", f"--dashboard-host={LOOPBACK}", "--include-dashboard=true"]
                 if dashboard else ["--include-dashboard=false"])
@@ -285,8 +288,12 @@ class LocalHead:
         self.address = f"{LOOPBACK}:{port}"
         self.dashboard_url = f"http://{LOOPBACK}:{dashboard_port}" if dashboard else None
         ports = [port, agent_port, client_port] + ([dashboard_port] if dashboard else [])
+        env = {**os.environ, "RAY_AUTH_MODE": configure_auth()}
+        if autoscaling_config is not None:  # Ray's autoscaler with its one-machine node provider (labkit.elastic)
+            cmd.append(f"--autoscaling-config={autoscaling_config}")
+            env.update(RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1")
         with one_start_at_a_time():
-            self._proc = subprocess.Popen(cmd, env={**os.environ, "RAY_AUTH_MODE": configure_auth()},
+            self._proc = subprocess.Popen(cmd, env=env,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                           start_new_session=True)
             # Its own session means it would outlive us: a notebook cell that fails before
@@ -303,6 +310,11 @@ class LocalHead:
             shutil.rmtree(self._temp_dir, ignore_errors=True)
             what = f"exited with code {exited}" if exited is not None else f"did not come up in {timeout_s:.0f}s"
             raise RuntimeError(f"`ray start --head` {what}; `labkit doctor` checks Ray on this machine{logs}")
+
+    @property
+    def log_dir(self) -> Path:
+        """Where this head's Ray writes its logs (``raylet.out``, ``monitor.log``, ...)."""
+        return Path(self._temp_dir) / "session_latest" / "logs"
 
     def stop(self) -> None:
         """End this head and everything it started; other Ray clusters keep running."""
