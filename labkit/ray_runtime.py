@@ -305,16 +305,21 @@ class LocalHead:
                                        still_starting=lambda: self._proc.poll() is None)
         if not up:
             exited = self._proc.poll()
-            logs = _log_tails(Path(self._temp_dir) / "session_latest" / "logs", ("raylet.out", "gcs_server.out"))
+            logs = _log_tails(self.log_dir, ("raylet.out", "gcs_server.out"))
             self.stop()
             shutil.rmtree(self._temp_dir, ignore_errors=True)
             what = f"exited with code {exited}" if exited is not None else f"did not come up in {timeout_s:.0f}s"
             raise RuntimeError(f"`ray start --head` {what}; `labkit doctor` checks Ray on this machine{logs}")
 
     @property
+    def temp_dir(self) -> Path:
+        """This head's own Ray temp folder: every process of the cluster names it in its command line."""
+        return Path(self._temp_dir)
+
+    @property
     def log_dir(self) -> Path:
         """Where this head's Ray writes its logs (``raylet.out``, ``monitor.log``, ...)."""
-        return Path(self._temp_dir) / "session_latest" / "logs"
+        return self.temp_dir / "session_latest" / "logs"
 
     def stop(self) -> None:
         """End this head and everything it started; other Ray clusters keep running."""

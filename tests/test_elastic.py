@@ -63,7 +63,7 @@ def test_work_that_needs_a_gpu_adds_a_gpu_node_and_idle_nodes_go():
         assert nodes[node_id].node_type == "gpu" and nodes[node_id].gpus == 1
         assert cluster.counts()["cpu"] == 0, "a GPU task must not bring up a CPU node"
         cluster.wait_for_nodes({"gpu": 0}, timeout_s=120)  # idle for 5 s: removed
-        session = str(cluster.head.log_dir.parent.parent)  # the head's own temp folder
+        session = str(cluster.head.temp_dir)
         assert _processes_of(session), "the cluster's processes should name its temp folder"
     assert not _processes_of(session), "processes of the cluster still running"
 
@@ -87,7 +87,7 @@ def test_stop_ends_the_nodes_the_autoscaler_started_and_nothing_else(ray_cluster
     spec.workers[0].min_replicas = spec.workers[0].replicas = 1  # the CPU group starts with one node
     with AutoscalingCluster(spec) as cluster:
         assert cluster.wait_for_nodes({"cpu": 1}, timeout_s=120)["gpu"] == 0
-        session = str(cluster.head.log_dir.parent.parent)
+        session = str(cluster.head.temp_dir)
         raylets = [p for p in _processes_of(session) if "raylet" in " ".join(psutil.Process(p).cmdline()[:1])]
         assert len(raylets) == 2, "the head's raylet and the CPU node's"
     assert not _processes_of(session)
