@@ -6,7 +6,7 @@ the autoscaler (the same code that asks KubeRay for pods) decides to add a node 
 and the provider starts a raylet here with that type's resources, logical GPUs included; an idle
 node is ended after the idle timeout. So attendees watch real scaling decisions on a laptop.
 
-Why not Ray's own wrapper, ``ray.cluster_utils.AutoscalingCluster``: it runs ``ray stop --force``
+Why not Ray's own wrapper, ``ray.cluster_utils.AutoscalingCluster``: it calls Ray's own stop command (forced)
 before it starts and to stop, which ends every Ray process of the user (a notebook's cluster
 included), and the defaults file its provider type loads is not in Ray's wheel. labkit writes
 the autoscaler's config itself, from the same ``ClusterSpec`` that renders the KubeRay manifests,
