@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from labkit.k8s.spec import ClusterSpec, GroupSpec
+from labkit.k8s.spec import ClusterSpec, GroupSpec, cpu_cores
 from labkit.ray_runtime import LOOPBACK, LocalHead, free_port
 
 # Ray's module path of its one-machine provider, named as an "external" provider: the
@@ -60,8 +60,7 @@ def autoscaler_config(spec: ClusterSpec, *, gcs_address: str, object_store_mb: i
         raise ValueError("the cluster spec has no worker groups: an autoscaler needs something to scale")
     types: dict = {_HEAD_TYPE: {"resources": {}, "node_config": {}, "max_workers": 0}}
     for group in spec.workers:
-        text = str(group.cpus)  # a Kubernetes quantity after check(): "4", "500m"
-        cpus = float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+        cpus = cpu_cores(group.cpus)
         if cpus != int(cpus) or cpus < 1:
             raise ValueError(f"worker group {group.name!r}: a node here needs a whole number of CPUs (>= 1), "
                              f"got {group.cpus!r}")

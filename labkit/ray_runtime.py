@@ -418,13 +418,7 @@ def stop_head(*, timeout_s: float = 15.0) -> str:
         return "no Ray head started by labkit is recorded; nothing stopped"
     record = json.loads(_HEAD_RECORD.read_text())
     session = record.get("session")
-    procs = []
-    for proc in psutil.process_iter(["cmdline"]) if session else ():
-        try:
-            if any(session in arg for arg in proc.info["cmdline"] or ()):
-                procs.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
+    procs = processes_naming(session) if session else []
     for proc in procs:
         try:
             proc.terminate()
@@ -440,6 +434,21 @@ def stop_head(*, timeout_s: float = 15.0) -> str:
     _HEAD_RECORD.unlink(missing_ok=True)
     forget_stale_head()
     return f"stopped the Ray head at {record.get('address')} ({len(procs)} processes of {session})"
+
+
+def processes_naming(text: str) -> list:
+    """This machine's processes (``psutil.Process``) with ``text`` in their command line: a Ray
+    session's name or a head's temp folder picks out one cluster's processes and no other's."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(text in arg for arg in proc.info["cmdline"] or ()):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
 
 
 def _latest_session() -> str | None:

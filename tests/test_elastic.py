@@ -13,6 +13,7 @@ from labkit.elastic import GROUP_LABEL, AutoscalingCluster, autoscaler_config, l
 from labkit.k8s import preset
 from labkit.k8s.presets import gpu_cluster
 from labkit.k8s.spec import GroupSpec
+from labkit.ray_runtime import processes_naming
 
 
 def test_the_config_mirrors_the_kuberay_groups():
@@ -69,14 +70,7 @@ def test_work_that_needs_a_gpu_adds_a_gpu_node_and_idle_nodes_go():
 
 
 def _processes_of(folder: str) -> list[int]:
-    pids = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if any(folder in arg for arg in proc.info["cmdline"] or ()):
-                pids.append(proc.pid)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return pids
+    return [p.pid for p in processes_naming(folder)]
 
 
 @pytest.mark.slow

@@ -96,6 +96,12 @@ def _quantity(value: str | int | float, name: str) -> str:
     return text
 
 
+def cpu_cores(quantity: str | int | float) -> float:
+    """A Kubernetes CPU quantity as cores: ``"4"`` -> 4.0, ``"500m"`` -> 0.5."""
+    text = str(quantity)
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
 @dataclass(kw_only=True)
 class GroupSpec:
     """One group of Ray pods: the head, or a worker group that can scale between min and max.
