@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import torch
 
 from labkit.chat_request import SamplingParams  # the one checked settings type (re-exported here)
+from labkit.cpu_runtime import release_openmp_threads
 from labkit.fastgen import top_p_probs
 from labkit.kv_blocks import BlockManager, KVHandoff, PagedKVPool, register_paged_attention
 from labkit.scheduling import PREFILL_MODES, Scheduled, make_policy
@@ -207,8 +208,10 @@ class Engine:
             self._lock.notify()
 
     def start(self) -> Engine:
-        """Run iterations on a background thread until ``stop()``."""
+        """Run iterations on a background thread until ``stop()``. The calling thread lets go of
+        its idle OpenMP workers first, so the engine's thread gets the CPUs (``labkit.cpu_runtime``)."""
         if self._thread is None:
+            release_openmp_threads()
             self._thread = threading.Thread(target=self._loop, name="labkit-engine", daemon=True)
             self._thread.start()
         return self

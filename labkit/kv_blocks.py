@@ -10,8 +10,10 @@ then limits how many requests run together by what they *use*, not by what they 
 Three roles, each small:
 
 * ``BlockManager``: bookkeeping only (which blocks each request holds, which are free).
-* ``PagedKVPool``: the physical tensors, one ``[blocks x block_size, kv heads, head size]`` pair
+* ``PagedKVPool``: the physical tensors, one ``[kv heads, blocks x block_size, head size]`` pair
   per layer, and ``step_inputs``, which turns block tables into the indices a forward pass needs.
+  Heads come first so that a row's gathered context is one contiguous matrix per head: batched
+  matmuls over strided bf16 matrices ran several times slower on the CPU.
 * ``paged_attention``: registered with transformers as the ``"labkit_paged"`` attention, so the
   model's own layers run unchanged. It writes the step's new keys and values into their slots,
   gathers each row's context through its block table, and attends.
@@ -91,7 +93,7 @@ class StepKV:
     ``write_index`` [T]: flat pool slots for their new keys and values. Rows with one new token
     (decode) attend together: ``decode_tokens`` [D] (their places in the packed sequence),
     ``decode_read`` [D x context] (each row's context slots, padded with scratch) and
-    ``decode_mask`` [D x 1 x 1 x context]. Rows with several (a prompt or a chunk of one) each get
+    ``decode_mask`` [1 x D x 1 x context]. Rows with several (a prompt or a chunk of one) each get
     their own attention: ``prompts`` holds (offset in the packed sequence, new tokens, first new
     position, context slots).
     """
@@ -131,7 +133,7 @@ class PagedKVPool:
                  device: torch.device | str = "cpu"):
         heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        shape = (num_blocks * block_size, heads, head_dim)
+        shape = (heads, num_blocks * block_size, head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
         self.block_size = block_size
@@ -149,17 +151,19 @@ class PagedKVPool:
         return [table[p // bs] * bs + p % bs for p in range(start, stop)]
 
     def read(self, table: list[int], tokens: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Copies of the keys and values of a sequence's first ``tokens`` positions, per layer (CPU)."""
+        """Copies of the keys and values of a sequence's first ``tokens`` positions, per layer, as
+        ``[tokens, kv heads, head size]`` on the CPU."""
         index = torch.tensor(self.slots(table, 0, tokens), dtype=torch.long, device=self.keys[0].device)
-        return [k[index].cpu() for k in self.keys], [v[index].cpu() for v in self.values]
+        return ([k[:, index].transpose(0, 1).cpu() for k in self.keys],
+                [v[:, index].transpose(0, 1).cpu() for v in self.values])
 
     def write(self, table: list[int], keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
         """Put keys and values made elsewhere (``read`` on another pool) at a sequence's first positions."""
-        if len(keys) != len(self.keys) or keys[0].shape[1:] != self.keys[0].shape[1:]:
+        if len(keys) != len(self.keys) or keys[0].shape[1:] != self.keys[0].shape[::2]:
             raise ValueError("these keys and values come from a different model (layers or heads differ)")
         index = torch.tensor(self.slots(table, 0, keys[0].shape[0]), dtype=torch.long, device=self.keys[0].device)
         for pool, new in zip((*self.keys, *self.values), (*keys, *values), strict=True):
-            pool.index_copy_(0, index, new.to(device=pool.device, dtype=pool.dtype))
+            pool.index_copy_(1, index, new.transpose(0, 1).to(device=pool.device, dtype=pool.dtype))
 
     def step_inputs(self, rows: list[tuple[list[int], int, int]], *, device) -> tuple[StepKV, torch.Tensor,
                                                                                        torch.Tensor]:
@@ -186,7 +190,7 @@ class PagedKVPool:
             lengths = torch.tensor([start + 1 for _, start in decode_rows])
             step.decode_tokens = torch.tensor(decode_at, dtype=torch.long, device=device)
             step.decode_read = torch.tensor(read, dtype=torch.long, device=device)
-            step.decode_mask = (torch.arange(context)[None, :] < lengths[:, None])[:, None, None, :].to(device)
+            step.decode_mask = (torch.arange(context)[None, :] < lengths[:, None])[None, :, None, :].to(device)
         return (step, torch.tensor([positions], dtype=torch.long, device=device),
                 torch.tensor(last, dtype=torch.long, device=device))
 
@@ -202,23 +206,24 @@ def paged_attention(module, query, key, value, attention_mask, scaling=None, dro
     _, heads, tokens, dim = query.shape  # [1, heads, T, dim]: one packed sequence
     kv_heads = key.shape[1]
     pool_k, pool_v = labkit_kv.pool.keys[module.layer_idx], labkit_kv.pool.values[module.layer_idx]
-    pool_k.index_copy_(0, labkit_kv.write_index, key[0].transpose(0, 1))
-    pool_v.index_copy_(0, labkit_kv.write_index, value[0].transpose(0, 1))
+    pool_k.index_copy_(1, labkit_kv.write_index, key[0])
+    pool_v.index_copy_(1, labkit_kv.write_index, value[0])
     scale = scaling if scaling is not None else dim ** -0.5
     q = query[0].transpose(0, 1)  # [T, heads, dim]
     out = torch.empty_like(q)
     if labkit_kv.decode_tokens is not None:  # one query per row: two small matmuls per KV head group
-        rows = labkit_kv.decode_tokens.shape[0]
-        qd = q[labkit_kv.decode_tokens].reshape(rows, kv_heads, heads // kv_heads, dim)
-        k = pool_k[labkit_kv.decode_read].transpose(1, 2)  # [rows, kv heads, context, dim]: the gather
-        v = pool_v[labkit_kv.decode_read].transpose(1, 2)
-        scores = torch.matmul(qd, k.transpose(2, 3)) * scale
+        rows, context = labkit_kv.decode_read.shape
+        qd = q[labkit_kv.decode_tokens].reshape(rows, kv_heads, heads // kv_heads, dim).transpose(0, 1)
+        read = labkit_kv.decode_read.flatten()  # the gather: [kv heads, rows, context, dim], contiguous
+        k = pool_k.index_select(1, read).view(kv_heads, rows, context, dim)
+        v = pool_v.index_select(1, read).view(kv_heads, rows, context, dim)
+        scores = torch.matmul(qd, k.transpose(2, 3)) * scale  # [kv heads, rows, group, context]
         scores = scores.masked_fill(~labkit_kv.decode_mask, float("-inf"))
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-        out[labkit_kv.decode_tokens] = torch.matmul(probs, v).reshape(rows, heads, dim)
+        out[labkit_kv.decode_tokens] = torch.matmul(probs, v).transpose(0, 1).reshape(rows, heads, dim)
     for offset, n, start, read in labkit_kv.prompts:  # a prompt (or a chunk of one) attends on its own
-        k = pool_k[read].transpose(0, 1)[None]  # [1, kv heads, start + n, dim]
-        v = pool_v[read].transpose(0, 1)[None]
+        k = pool_k[:, read][None]  # [1, kv heads, start + n, dim]
+        v = pool_v[:, read][None]
         qp = query[:, :, offset:offset + n]
         if start == 0:
             o = torch.nn.functional.scaled_dot_product_attention(qp, k, v, is_causal=True, scale=scale,

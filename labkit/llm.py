@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from labkit import profiles, store
 from labkit.chat_request import check_generation, check_messages, check_prompt
+from labkit.cpu_runtime import pack_linear_weights, unpack_linear_weights
 from labkit.fastgen import FastDecoder, suggest_batch_size
 
 Messages = list[dict[str, str]]
@@ -74,7 +75,13 @@ class ChatModel:
         The first batch of each new shape pays the compile (printed when it happens); call
         ``warm_up`` to pay it up front. ``pad_batch_to``: pad smaller batches up to this many rows
         so that one compiled shape serves them all (servers, batch jobs). See ``labkit.fastgen``.
+        Without it, bf16 layers on the CPU multiply with pre-packed weights (``labkit.cpu_runtime``);
+        the fast decoder gets the plain layers, since its compile packs them itself.
         """
+        if enabled:
+            unpack_linear_weights(self.model)
+        else:
+            pack_linear_weights(self.model)
         self.decoder = FastDecoder(self.model, compile=compile, pad_batch_to=pad_batch_to) if enabled else None
 
     def warm_up(self, *, batch_size: int = 1, max_new_tokens: int = 64) -> float:

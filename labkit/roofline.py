@@ -174,7 +174,7 @@ def plot_roofline(rows: Sequence[dict], model, machine: Machine, *, ax=None):
 
 
 # Which profiler op names belong to which part of a step (CPU and CUDA kernels alike).
-_MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::linear", "aten::matmul")
+_MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::linear", "aten::matmul", "mkldnn::_linear_pointwise")
 _ATTENTION_OPS = ("aten::bmm", "aten::_softmax", "aten::softmax", "aten::scaled_dot_product_attention",
                   "aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_efficient_attention",
                   "aten::_scaled_dot_product_flash_attention")

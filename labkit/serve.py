@@ -32,6 +32,7 @@ import io
 import json
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 
 from labkit import profiles
@@ -196,6 +197,7 @@ def _chat_deployment():
     class ChatServer:
         def __init__(self, settings: dict):
             from labkit import store
+            from labkit.cpu_runtime import release_openmp_threads
             from labkit.llm import ChatModel
 
             self.s = ServeSettings(**settings)
@@ -216,6 +218,11 @@ def _chat_deployment():
             self.generate_batch.set_max_batch_size(self.s.max_batch_size)
             self.generate_batch.set_batch_wait_timeout_s(self.s.batch_wait_timeout_s)
             self.batches: list[int] = []  # sizes of the model batches run, for the lab's plot
+            # The model's work runs on one thread of its own (the engine's loop, or this executor's
+            # one worker), and this loading thread lets go of its OpenMP workers: two idle-spinning
+            # pools on two cores make every op wait for a wake-up (labkit.cpu_runtime).
+            self.compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labkit-generate")
+            release_openmp_threads()
 
         def check_health(self) -> None:
             """Serve's health check: once the engine has failed, this replica answers 503 until
@@ -226,7 +233,7 @@ def _chat_deployment():
         @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
         async def generate_batch(self, jobs: list[dict]) -> list:
             self.batches.append(len(jobs))
-            return await asyncio.to_thread(self._run, jobs)
+            return await asyncio.get_running_loop().run_in_executor(self.compute, self._run, jobs)
 
         def _run(self, jobs: list[dict]) -> list:
             """One model call per group of jobs with the same settings (all of them, in a load test)."""
