@@ -6,6 +6,9 @@ the profile's own dtype, ``--rounds`` times (medians and ranges reported):
 * ``fast``: labkit's fast path (static KV cache, compiled step), what ``labkit bench generate`` measures;
 * ``plain``: one padded ``model.generate`` call;
 * ``engine``: ``labkit.engine`` (paged KV cache, gathered per step, eager), all requests submitted at once;
+* ``engine compiled``: the same engine with ``compile=True`` (decode-only iterations through one
+  dynamic ``torch.compile`` graph; one engine for every batch size, its compile paid by
+  ``warm_up()`` before any timing);
 * ``hf-cb``: transformers' own continuous batching (``generate_batch``, paged attention).
 
 Every row generates exactly ``--new-tokens`` tokens (end-of-turn held back); tokens/s counts new
@@ -38,8 +41,9 @@ from labkit.engine import Engine, SamplingParams  # noqa: E402
 from labkit.llm import load_chat_model  # noqa: E402
 
 
-def run_engine(lm, prompts, new_tokens) -> tuple[float, float]:
-    engine = Engine(lm.model, lm.tokenizer, max_batch=len(prompts), max_context=512)
+def run_engine(lm, prompts, new_tokens, engine: Engine | None = None) -> tuple[float, float]:
+    engine = engine or Engine(lm.model, lm.tokenizer, max_batch=len(prompts), max_context=512)
+    engine.timeline.clear()
     params = SamplingParams(max_tokens=new_tokens, min_tokens=new_tokens)
     t0 = time.perf_counter()
     for p in prompts:
@@ -78,7 +82,11 @@ def main() -> int:
     args = p.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     prompts = [row["prompt"] for row in read_prompts("chat_prompts_mini")]
-    fast, plain, engine_lm = load_chat_model(fast=True), load_chat_model(), load_chat_model()
+    fast, plain, engine_lm, compiled_lm = load_chat_model(fast=True), load_chat_model(), load_chat_model(), \
+        load_chat_model()
+    compiled = Engine(compiled_lm.model, compiled_lm.tokenizer, max_batch=max(args.batch_sizes), max_context=512,
+                      compile=True)
+    compile_seconds = compiled.warm_up()
     dtype = str(plain.placement.dtype).removeprefix("torch.")
     from transformers import AutoModelForCausalLM
 
@@ -86,6 +94,7 @@ def main() -> int:
                                               attn_implementation="paged|sdpa", local_files_only=True).eval()
     results: dict = {"python": platform.python_version(), "torch": torch.__version__, "dtype": dtype,
                      "threads": torch.get_num_threads(), "new_tokens": args.new_tokens, "rows": [],
+                     "engine_compile_seconds": compile_seconds,
                      "machines": [roofline.measure_machine(dtype=plain.placement.dtype).as_dict()]}
     for bs in args.batch_sizes:
         batch = [prompts[i % len(prompts)] for i in range(bs)]
@@ -99,13 +108,18 @@ def main() -> int:
             hf_error = None
         except Exception as exc:  # reported, not hidden: the comparison says it could not run
             hf_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-        rounds: dict[str, list[float]] = {"fast": [], "plain": [], "engine": [], "engine decode-only": [], "hf-cb": []}
+        run_engine(compiled_lm, batch, args.new_tokens, compiled)
+        rounds: dict[str, list[float]] = {"fast": [], "plain": [], "engine": [], "engine decode-only": [],
+                                          "engine compiled": [], "engine compiled decode-only": [], "hf-cb": []}
         for _ in range(args.rounds):
             rounds["fast"].append(run_generate(fast, batch, args.new_tokens))
             rounds["plain"].append(run_generate(plain, batch, args.new_tokens))
             total, decode = run_engine(engine_lm, batch, args.new_tokens)
             rounds["engine"].append(total)
             rounds["engine decode-only"].append(decode)
+            total, decode = run_engine(compiled_lm, batch, args.new_tokens, compiled)
+            rounds["engine compiled"].append(total)
+            rounds["engine compiled decode-only"].append(decode)
             if hf_error is None:
                 rounds["hf-cb"].append(run_hf_cb(hf, plain.tokenizer, texts, args.new_tokens))
         for path, values in rounds.items():
@@ -113,14 +127,15 @@ def main() -> int:
                 row = {"path": path, "batch_size": bs, "tokens_per_s": statistics.median(values),
                        "min": min(values), "max": max(values)}
                 results["rows"].append(row)
-                print(f"batch {bs:3d} {path:>18}: {row['tokens_per_s']:7.1f} tok/s ({row['min']:.0f}-{row['max']:.0f})",
+                print(f"batch {bs:3d} {path:>27}: {row['tokens_per_s']:7.1f} tok/s ({row['min']:.0f}-{row['max']:.0f})",
                       flush=True)
             elif path == "hf-cb":
                 results["rows"].append({"path": path, "batch_size": bs, "error": hf_error})
                 print(f"batch {bs:3d} {path:>18}: could not run ({hf_error})", flush=True)
         by = {r["path"]: r.get("tokens_per_s") for r in results["rows"] if r["batch_size"] == bs}
         print(f"batch {bs:3d}: engine / fast = {by['engine'] / by['fast']:.2f}, "
-              f"engine decode-only / fast = {by['engine decode-only'] / by['fast']:.2f}"
+              f"engine decode-only / fast = {by['engine decode-only'] / by['fast']:.2f}, "
+              f"compiled engine decode-only / fast = {by['engine compiled decode-only'] / by['fast']:.2f}"
               + (f", hf-cb / plain = {by['hf-cb'] / by['plain']:.2f}" if by.get("hf-cb") else ""), flush=True)
     results["machines"].append(roofline.measure_machine(dtype=plain.placement.dtype).as_dict())
     machine = roofline.Machine(**{**results["machines"][0], **{

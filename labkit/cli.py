@@ -378,7 +378,9 @@ def _serve_settings_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chat-max-replicas", type=int, help="autoscale chat replicas up to this many")
     p.add_argument("--chat-num-gpus", type=float, default=0, help="0.5 with --image-num-gpus 0.5 shares a GPU")
     p.add_argument("--image-num-gpus", type=float, default=0)
-    p.add_argument("--fast", action="store_true", help="static batching: static KV cache + compiled decode step")
+    p.add_argument("--fast", action="store_true",
+                   help="compiled decoding (static batching: static KV cache + compiled step; continuous: "
+                        "the engine's compiled decode step); compiles at start-up")
     p.add_argument("--dtype", help="the chat model's bfloat16, float16 or float32 (default: the machine's choice)")
 
 
@@ -412,6 +414,9 @@ def _serve_up(args) -> int:
     else:
         print("starting a local Ray head (stop it with `labkit serve down --stop-ray`)", flush=True)
         address = ray_runtime.start_head()
+    print("deploying: the replicas load their models" + (" and compile their decode steps (a few minutes on a "
+          "2-core laptop; Ray's replica logs show the compile)" if settings.fast_generation else "") + " ...",
+          flush=True)
     url = serve.deploy(settings, address=address)
     print(json.dumps(serve.status(), indent=2))
     print(f"serving at {url}  (try: curl {url}/v1/chat/completions -H 'Content-Type: application/json' "

@@ -11,14 +11,17 @@ Why this module exists (torch offers neither as a public switch; both are measur
    on one thread and generates on another (the engine's loop, an executor's worker) has two pools,
    which on a 2-core machine is already too many. ``release_openmp_threads`` ends the calling
    thread's idle workers (OpenMP 5.0's ``omp_pause_resource_all``, soft pause); they come back by
-   themselves the next time that thread runs a parallel op.
+   themselves the next time that thread runs a parallel op. Measured on a 2-core Xeon in bf16: a
+   decode step of the cpu profile's model took 1.9-2.0x as long on a second thread as on the
+   loading thread, and as long as on the loading thread once that one had released its pool.
 
 2. **Weights packed once, not per call.** For a bf16 ``nn.Linear`` on the CPU, torch hands the
    weight to oneDNN, which lays it out in its blocked format again at every call; for the small
    matrices of a decode step that costs as much as the multiply. ``pack_linear_weights`` keeps a
    copy in the blocked layout (what inductor's freezing does when it compiles) and multiplies with
    it directly: the same oneDNN kernel, the same results bit for bit, the plain weight kept for
-   ``state_dict``, training and ``torch.compile`` (``unpack_linear_weights`` undoes it).
+   ``state_dict``, training and ``torch.compile`` (``unpack_linear_weights`` undoes it). Measured
+   on the same machine: a decode step 1.2x faster at batch 1 and at batch 16.
 
 Example:
     >>> import torch

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from labkit import profiles, store
 from labkit.chat_request import check_generation, check_messages, check_prompt
-from labkit.cpu_runtime import pack_linear_weights, unpack_linear_weights
+from labkit.cpu_runtime import pack_linear_weights, release_openmp_threads, unpack_linear_weights
 from labkit.fastgen import FastDecoder, suggest_batch_size
 
 Messages = list[dict[str, str]]
@@ -214,6 +214,7 @@ class ChatModel:
                 streamer.end()
 
         worker = threading.Thread(target=run, daemon=True)
+        release_openmp_threads()  # this thread waits while the worker computes: the CPUs are the worker's
         worker.start()
         yield from (piece for piece in streamer if piece)
         worker.join()

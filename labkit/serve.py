@@ -63,7 +63,8 @@ class ServeSettings:
     max_tokens_limit: int = 512
     default_max_tokens: int = 128
     max_images: int = 4
-    fast_generation: bool = False  # static batching only: static KV cache + compiled step (labkit.fastgen)
+    fast_generation: bool = False  # compiled decoding: static KV cache (static batching, labkit.fastgen) or
+    #                                the engine's compiled decode step (continuous); compiled at start-up
     batching: str = "continuous"  # or "static" (@serve.batch)
     scheduler: str = "fcfs"  # continuous only: "fcfs" or "mlfq" (labkit.scheduling)
     prefill_mode: str = "prefill-first"  # or "decode-first", "chunked"
@@ -211,7 +212,11 @@ def _chat_deployment():
 
                 self.engine = Engine(self.lm.model, self.lm.tokenizer, max_batch=self.s.max_batch_size,
                                      max_context=min(self.lm.context_length, 2048), max_queue=self.s.max_queue,
-                                     policy=self.s.scheduler, prefill=self.s.prefill_mode).start()
+                                     policy=self.s.scheduler, prefill=self.s.prefill_mode,
+                                     compile=self.s.fast_generation)
+                if self.s.fast_generation:
+                    self.engine.warm_up()  # the compile, before the first request
+                self.engine.start()
             elif self.s.fast_generation:  # every batch padded to max_batch_size: one shape, compiled now
                 self.lm.set_fast(True, pad_batch_to=self.s.max_batch_size)
                 self.lm.warm_up(batch_size=self.s.max_batch_size, max_new_tokens=self.s.default_max_tokens)
@@ -331,18 +336,17 @@ def _chat_deployment():
 
         async def _engine_sse(self, handle, tokens: asyncio.Queue, rid: str, created: int, include_usage: bool):
             """Tokens as the engine makes them; the text sent is what is decodable so far (a character
-            split over two tokens waits for its second half)."""
-            chunk = functools.partial(_sse_chunk, rid, created, self.lm.name)
+            split over two tokens waits for its second half: the tokenizers library's incremental
+            decoder, so each token costs the same however long the reply has grown)."""
+            from tokenizers.decoders import DecodeStream
 
-            r, sent, reply = handle.request, "", []
+            chunk = functools.partial(_sse_chunk, rid, created, self.lm.name)
+            r, decoder = handle.request, DecodeStream(skip_special_tokens=True)
             try:
                 yield chunk({"role": "assistant", "content": ""})
                 while (token := await tokens.get()) is not None:
-                    reply.append(token)
-                    text = self.lm.tokenizer.decode(reply, skip_special_tokens=True)
-                    if len(text) > len(sent) and not text.endswith("\ufffd"):
-                        yield chunk({"content": text[len(sent):]})
-                        sent = text
+                    if piece := decoder.step(self.lm.tokenizer.backend_tokenizer, token):
+                        yield chunk({"content": piece})
                 yield chunk({}, r.finish_reason)
                 if include_usage:  # OpenAI's stream_options: a last chunk with the usage and no choices
                     yield "data: " + json.dumps({"id": rid, "object": "chat.completion.chunk", "created": created,

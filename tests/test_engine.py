@@ -263,3 +263,25 @@ def test_replay_sends_one_trace_and_times_every_request(lm):
     assert report["met_slo"] <= 5 and report["timeline"] and report["timeline"][0]["t"] >= 0
     with pytest.raises(ValueError, match="rate must be between"):
         replay(eng, PROMPTS, lengths=[4], rate=-1)
+
+
+def test_the_compiled_decode_step_gives_the_eager_tokens(lm):
+    # A tiny random Llama (fp32) keeps the compile short; rows join and leave, contexts grow, and
+    # the batch shrinks to one row, so both compiled graphs ("rows" and "1 row") are used.
+    from test_fastgen import make_tiny_llama
+
+    model = make_tiny_llama(0)
+    prompts = [[1, 17, 300, 42, 9], [1, 5], [1, 88, 7, 301, 66, 65, 64, 12, 11], [1, 250, 251], [1, 3, 4]]
+    lengths = [30, 6, 24, 12, 40]
+
+    def run(compile: bool) -> tuple[list[list[int]], Engine]:
+        eng = Engine(model, lm.tokenizer, max_batch=3, max_context=128, compile=compile)
+        handles = [eng.submit(p, SamplingParams(max_tokens=n, min_tokens=n)) for p, n in zip(prompts, lengths)]
+        eng.run_until_idle()
+        return [h.result() for h in handles], eng
+
+    eager, _ = run(False)
+    compiled, eng = run(True)
+    assert compiled == eager
+    assert eng.compile_fallback is None and set(eng.compile_seconds) == {"rows", "1 row"}
+    assert max(r["decode_rows"] for r in eng.timeline) == 3
