@@ -276,7 +276,8 @@ def test_the_compiled_decode_step_gives_the_eager_tokens(lm):
 
     def run(compile: bool) -> tuple[list[list[int]], Engine]:
         eng = Engine(model, lm.tokenizer, max_batch=3, max_context=128, compile=compile)
-        handles = [eng.submit(p, SamplingParams(max_tokens=n, min_tokens=n)) for p, n in zip(prompts, lengths)]
+        handles = [eng.submit(p, SamplingParams(max_tokens=n, min_tokens=n))
+                   for p, n in zip(prompts, lengths, strict=True)]
         eng.run_until_idle()
         return [h.result() for h in handles], eng
 
