@@ -125,6 +125,8 @@ def _parser() -> argparse.ArgumentParser:
     sb.add_argument("--mode", choices=["closed", "open"], default="closed",
                     help="closed: fixed concurrency; open: Poisson arrivals at --rate")
     sb.add_argument("--rate", type=float, nargs="+", help="open loop: requests per second (several: one run each)")
+    sb.add_argument("--curve", help="open loop: a load curve SECONDS:RATE,... (e.g. 60:0.2,60:2,60:0.2 for quiet, "
+                                    "peak, quiet); replaces --rate and --requests")
     sb.add_argument("--stream", action="store_true", help="stream replies and measure TTFT, TPOT and goodput")
     sb.add_argument("--heavy-tailed", action="store_true", help="reply lengths from a heavy-tailed trace (8-256)")
     sb.add_argument("--slo-ttft", type=float, default=2.0, help="goodput: time to first token at most (s)")
@@ -376,6 +378,13 @@ def _serve_settings_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-wait-timeout", type=float, default=0.05, help="static: seconds a batch waits to fill")
     p.add_argument("--chat-replicas", type=int, default=1)
     p.add_argument("--chat-max-replicas", type=int, help="autoscale chat replicas up to this many")
+    p.add_argument("--image-replicas", type=int, default=1)
+    p.add_argument("--image-max-replicas", type=int, help="autoscale image replicas up to this many")
+    p.add_argument("--target-ongoing-requests", type=float,
+                   help="autoscaling: chat requests per replica to aim for (default: --max-batch-size)")
+    p.add_argument("--upscale-delay", type=float, default=30.0, help="autoscaling: seconds over target before adding")
+    p.add_argument("--downscale-delay", type=float, default=600.0,
+                   help="autoscaling: seconds under target before removing a replica")
     p.add_argument("--chat-num-gpus", type=float, default=0, help="0.5 with --image-num-gpus 0.5 shares a GPU")
     p.add_argument("--image-num-gpus", type=float, default=0)
     p.add_argument("--fast", action="store_true",
@@ -391,6 +400,9 @@ def _serve_settings(args):
                       images=not args.no_images, max_batch_size=args.max_batch_size,
                       batch_wait_timeout_s=args.batch_wait_timeout, chat_replicas=args.chat_replicas,
                       chat_max_replicas=args.chat_max_replicas, chat_num_gpus=args.chat_num_gpus,
+                      image_replicas=args.image_replicas, image_max_replicas=args.image_max_replicas,
+                      chat_target_ongoing_requests=args.target_ongoing_requests,
+                      upscale_delay_s=args.upscale_delay, downscale_delay_s=args.downscale_delay,
                       image_num_gpus=args.image_num_gpus, fast_generation=args.fast, batching=args.batching,
                       scheduler=args.scheduler, prefill_mode=args.prefill_mode, max_queue=args.max_queue,
                       dtype=args.dtype)
@@ -468,26 +480,36 @@ def _serve_down(args) -> int:
 
 
 def _serve_bench(args) -> int:
-    from labkit.loadtest import heavy_tailed_lengths, load_test, plot_reports
+    from labkit.loadtest import heavy_tailed_lengths, load_test, phased_arrivals, plot_reports
 
-    if args.mode == "open" and not args.rate:
-        print("--mode open needs --rate (requests per second)", file=sys.stderr)
+    phases = None
+    if args.curve:
+        try:
+            phases = [tuple(float(x) for x in part.split(":")) for part in args.curve.split(",")]
+        except ValueError:
+            print(f"--curve takes SECONDS:RATE pairs separated by commas (60:0.2,60:2,60:0.2), got {args.curve!r}",
+                  file=sys.stderr)
+            return 2
+        args.mode, args.rate = "open", None
+    elif args.mode == "open" and not args.rate:
+        print("--mode open needs --rate (requests per second) or --curve", file=sys.stderr)
         return 2
-    lengths = heavy_tailed_lengths(args.requests) if args.heavy_tailed else None
+    requests = len(phased_arrivals(phases)) if phases else args.requests
+    lengths = heavy_tailed_lengths(requests) if args.heavy_tailed else None
     reports = []
-    for rate in args.rate if args.mode == "open" else [None]:
-        reports.append(load_test(args.url, requests=args.requests, concurrency=args.concurrency,
+    for rate in args.rate if args.mode == "open" and not phases else [None]:
+        reports.append(load_test(args.url, requests=requests, concurrency=args.concurrency,
                                  max_tokens=args.max_tokens, timeout_s=args.timeout, mode=args.mode, rate=rate,
                                  stream=args.stream, lengths=lengths, slo_ttft_s=args.slo_ttft,
-                                 slo_tpot_s=args.slo_tpot))
+                                 slo_tpot_s=args.slo_tpot, phases=phases))
     if args.plot:
         plot_reports(reports, title=f"labkit serve bench ({args.mode} loop)").savefig(args.plot, dpi=120)
     for report in reports:
         report.pop("rows")
         if args.json:
             continue
-        load = f"{report['rate']:g} req/s arrivals" if report["mode"] == "open" else \
-            f"concurrency {report['concurrency']}"
+        load = (f"the load curve {args.curve}" if phases else f"{report['rate']:g} req/s arrivals") \
+            if report["mode"] == "open" else f"concurrency {report['concurrency']}"
         print(f"{report['requests']} requests at {load}: {report['ok']} ok, "
               f"{report['errors']} errors {report['statuses']}; {report['requests_per_s']:.2f} req/s, "
               f"{report['tokens_per_s']:.1f} tokens/s; latency p50 {report['p50_s']:.2f}s, "

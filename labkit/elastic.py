@@ -13,6 +13,14 @@ the autoscaler's config itself, from the same ``ClusterSpec`` that renders the K
 and starts the head as a :class:`labkit.ray_runtime.LocalHead`, whose ``stop`` ends only its own
 processes.
 
+Serve apps deployed on such a cluster (``labkit.serve.deploy(settings, address=cluster.address)``)
+with ``chat_max_replicas`` > ``chat_replicas`` scale with traffic: Serve adds a replica when the
+ongoing requests per replica stay above the target, the replica asks for a CPU and (logical) GPUs
+that no node has free, and the autoscaler adds a node of the group that has them; when traffic
+falls, Serve removes the replica and the autoscaler the idle node. Replicas given only logical GPUs
+run on the CPU (there is no CUDA device behind them). ``tests/test_elastic.py`` drives a load curve
+(``labkit serve bench --curve``) through exactly that.
+
 Example:
     >>> from labkit.elastic import AutoscalingCluster
     >>> with AutoscalingCluster() as cluster:                      # doctest: +SKIP

@@ -27,6 +27,7 @@ import json
 import random
 import statistics
 import time
+from collections.abc import Sequence
 from urllib.parse import urlparse
 
 from tqdm.auto import tqdm
@@ -70,21 +71,31 @@ def load_test(url: str, *, requests: int = 64, concurrency: int = 16, max_tokens
               prompts: list[str] | None = None, bodies: list | None = None, timeout_s: float = 300,
               mode: str = "closed", rate: float | None = None, stream: bool = False,
               lengths: list[int] | None = None, slo_ttft_s: float = 2.0, slo_tpot_s: float = 0.2,
-              seed: int = 0, progress: bool = True) -> dict:
+              seed: int = 0, progress: bool = True, phases: Sequence[tuple[float, float]] | None = None) -> dict:
     """Send the requests and measure (see the module docstring for ``mode``, ``stream`` and the SLO).
 
     ``bodies`` (dicts, or raw bytes for broken JSON) replace the default chat bodies; each result
     row then says which status it got. ``lengths``: each request's exact reply length (``max_tokens``
-    and ``min_tokens``), e.g. from ``heavy_tailed_lengths``.
+    and ``min_tokens``), e.g. from ``heavy_tailed_lengths``. ``phases``: a load curve instead of
+    one rate, ``[(seconds, requests per second), ...]`` (open loop; see ``phased_arrivals``); the
+    number of requests is then what the curve draws, and each row records its ``start_s``.
     """
     base = check_loopback(url)
+    starts = None
+    if phases is not None:
+        if mode != "open" or rate is not None:
+            raise ValueError("phases is a load curve for the open loop: use mode='open' and leave rate unset")
+        starts = phased_arrivals(phases, seed=seed)
+        if not starts:
+            raise ValueError("these phases draw no requests at all: give at least one phase a rate above 0")
+        requests = len(starts)
     if not 1 <= requests <= MAX_REQUESTS:
         raise ValueError(f"requests must be between 1 and {MAX_REQUESTS}, got {requests}")
     if not 1 <= concurrency <= MAX_CONCURRENCY:
         raise ValueError(f"concurrency must be between 1 and {MAX_CONCURRENCY}, got {concurrency}")
     if mode not in ("closed", "open"):
         raise ValueError(f"mode must be 'closed' (fixed concurrency) or 'open' (Poisson arrivals), got {mode!r}")
-    if mode == "open" and not (rate and 0 < rate <= 1000):
+    if mode == "open" and phases is None and not (rate and 0 < rate <= 1000):
         raise ValueError("open-loop mode needs a rate between 0 and 1000 requests per second")
     if bodies is None:
         from labkit.data import read_prompts
@@ -99,11 +110,16 @@ def load_test(url: str, *, requests: int = 64, concurrency: int = 16, max_tokens
                 body.update(stream=True, stream_options={"include_usage": True})
             bodies.append(body)
     bodies = bodies[:requests]
-    starts = poisson_arrivals(len(bodies), rate=rate, seed=seed) if mode == "open" else None
+    if mode == "open" and starts is None:
+        starts = poisson_arrivals(len(bodies), rate=rate, seed=seed)
     # Open loop: every request may be in flight at once (bounded by the request count and the cap).
     gate = MAX_CONCURRENCY if mode == "open" else concurrency
     report = _run_to_completion(_run(base + CHAT_PATH, bodies, gate, timeout_s, progress, starts))
-    report.update(mode=mode, rate=rate, concurrency=concurrency if mode == "closed" else None)
+    report.update(mode=mode, rate=rate, concurrency=concurrency if mode == "closed" else None,
+                  phases=[list(p) for p in phases] if phases is not None else None)
+    if starts is not None:
+        for row in report["rows"]:
+            row["start_s"] = starts[row["index"]]
     if any("ttft_s" in r for r in report["rows"] if r["status"] == 200):
         report.update(slo_summary(report["rows"], report["seconds"], slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s))
     return report
@@ -115,6 +131,36 @@ def poisson_arrivals(n: int, *, rate: float, seed: int = 0) -> list[float]:
     for _ in range(n):
         starts.append(clock)
         clock += rng.expovariate(rate)
+    return starts
+
+
+def phased_arrivals(phases: Sequence[tuple[float, float]], *, seed: int = 0) -> list[float]:
+    """Start times of Poisson arrivals whose rate changes from phase to phase: a load curve such as
+    ``[(60, 0.2), (60, 2.0), (60, 0.2)]`` (quiet, peak, quiet), a day of traffic in minutes.
+
+    A rate of 0 is a silent phase. The draw is the same for the same ``phases`` and ``seed``.
+
+    Example:
+        >>> starts = phased_arrivals([(10, 0.5), (10, 4.0), (10, 0.5)], seed=1)
+        >>> sum(10 <= t < 20 for t in starts) > sum(t < 10 for t in starts)
+        True
+    """
+    rng, starts, offset = random.Random(seed), [], 0.0
+    for i, phase in enumerate(phases):
+        if len(phase) != 2:
+            raise ValueError(f"phase {i} must be (seconds, requests per second), got {phase!r}")
+        seconds, rate = phase
+        if not (isinstance(seconds, int | float) and 0 < seconds <= 24 * 3600):
+            raise ValueError(f"phase {i}: seconds must be between 0 and a day, got {seconds!r}")
+        if not (isinstance(rate, int | float) and 0 <= rate <= 1000):
+            raise ValueError(f"phase {i}: the rate must be between 0 and 1000 requests per second, got {rate!r}")
+        clock = rng.expovariate(rate) if rate else seconds
+        while clock < seconds:
+            starts.append(offset + clock)
+            clock += rng.expovariate(rate)
+        offset += seconds
+        if len(starts) > MAX_REQUESTS:
+            raise ValueError(f"these phases draw more than {MAX_REQUESTS} requests: shorten them or lower the rates")
     return starts
 
 

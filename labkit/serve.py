@@ -54,6 +54,12 @@ class ServeSettings:
     chat_replicas: int = 1
     chat_max_replicas: int | None = None  # > chat_replicas turns on autoscaling between the two
     image_replicas: int = 1
+    image_max_replicas: int | None = None  # > image_replicas turns on autoscaling between the two
+    # Autoscaling (Serve's autoscaling_config): replicas are added when the ongoing requests per
+    # replica stay above the target for upscale_delay_s, removed when below for downscale_delay_s.
+    chat_target_ongoing_requests: float | None = None  # None: max_batch_size (a full batch per replica)
+    upscale_delay_s: float = 30.0
+    downscale_delay_s: float = 600.0
     chat_num_cpus: float = 1
     image_num_cpus: float = 1
     chat_num_gpus: float = 0  # 0.5 + image_num_gpus=0.5: both models share one GPU
@@ -75,9 +81,14 @@ class ServeSettings:
         for name in ("chat_replicas", "image_replicas", "max_batch_size", "max_tokens_limit", "max_images"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.chat_max_replicas is not None and self.chat_max_replicas < self.chat_replicas:
-            raise ValueError("chat_max_replicas must be >= chat_replicas")
-        for name in ("chat_num_gpus", "image_num_gpus", "chat_num_cpus", "image_num_cpus", "batch_wait_timeout_s"):
+        for app in ("chat", "image"):
+            top = getattr(self, f"{app}_max_replicas")
+            if top is not None and (not isinstance(top, int) or top < getattr(self, f"{app}_replicas")):
+                raise ValueError(f"{app}_max_replicas must be a whole number >= {app}_replicas, got {top!r}")
+        if self.chat_target_ongoing_requests is not None and not self.chat_target_ongoing_requests > 0:
+            raise ValueError(f"chat_target_ongoing_requests must be > 0, got {self.chat_target_ongoing_requests!r}")
+        for name in ("chat_num_gpus", "image_num_gpus", "chat_num_cpus", "image_num_cpus", "batch_wait_timeout_s",
+                     "upscale_delay_s", "downscale_delay_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.default_max_tokens <= self.max_tokens_limit:
@@ -203,7 +214,7 @@ def _chat_deployment():
 
             self.s = ServeSettings(**settings)
             spec = profiles.model_for("chat", self.s.profile)
-            device = "cuda" if self.s.chat_num_gpus else "cpu"
+            device = _replica_device(self.s.chat_num_gpus)
             self.lm = ChatModel.from_pretrained(store.pull(spec.name, progress=False)[0], device=device,
                                                 dtype=self.s.dtype, name=spec.name)
             self.engine = None
@@ -402,7 +413,7 @@ def _image_deployment():
             self.s = ServeSettings(**settings)
             store.pull(profiles.model_for("image", self.s.profile).name, progress=False)
             self.pipe = diffusion.load_image_pipeline(self.s.profile,
-                                                      device="cuda" if self.s.image_num_gpus else "cpu")
+                                                      device=_replica_device(self.s.image_num_gpus))
             self.sizes = diffusion.supported_sizes(self.pipe)
             self.lock = asyncio.Lock()  # one pipeline call at a time; requests queue here
 
@@ -428,25 +439,41 @@ def _image_deployment():
     return ImageServer
 
 
+def _replica_device(num_gpus: float) -> str:
+    """A replica given GPUs uses CUDA; one given only logical GPUs (a laptop's autoscaling cluster,
+    ``labkit.elastic``) has no CUDA device and runs on the CPU."""
+    import torch
+
+    return "cuda" if num_gpus and torch.cuda.is_available() else "cpu"
+
+
 def chat_app(args: dict):
     """Serve application builder (``import_path: labkit.serve:chat_app``); ``args`` are ServeSettings fields."""
     s = ServeSettings(**args)
     s.check()
-    options: dict = {"ray_actor_options": {"num_cpus": s.chat_num_cpus, "num_gpus": s.chat_num_gpus}}
-    if s.chat_max_replicas and s.chat_max_replicas > s.chat_replicas:
-        options["autoscaling_config"] = {"min_replicas": s.chat_replicas, "max_replicas": s.chat_max_replicas,
-                                         "target_ongoing_requests": s.max_batch_size}
-    else:
-        options["num_replicas"] = s.chat_replicas
+    options = _replica_options(s, s.chat_replicas, s.chat_max_replicas,
+                               s.chat_target_ongoing_requests or s.max_batch_size)
+    options["ray_actor_options"] = {"num_cpus": s.chat_num_cpus, "num_gpus": s.chat_num_gpus}
     return _chat_deployment().options(**options).bind(asdict(s))
+
+
+def _replica_options(s: ServeSettings, replicas: int, max_replicas: int | None, target: float) -> dict:
+    """A fixed number of replicas, or Serve's autoscaling between ``replicas`` and ``max_replicas``."""
+    if not max_replicas or max_replicas <= replicas:
+        return {"num_replicas": replicas}
+    return {"autoscaling_config": {"min_replicas": replicas, "max_replicas": max_replicas,
+                                   "target_ongoing_requests": target, "upscale_delay_s": s.upscale_delay_s,
+                                   "downscale_delay_s": s.downscale_delay_s}}
 
 
 def images_app(args: dict):
     """Serve application builder (``import_path: labkit.serve:images_app``)."""
     s = ServeSettings(**args)
     s.check()
+    # An image request holds its replica for its whole run (one pipeline call at a time): one ongoing
+    # request per replica is a full replica.
     return _image_deployment().options(
-        num_replicas=s.image_replicas,
+        **_replica_options(s, s.image_replicas, s.image_max_replicas, 1),
         ray_actor_options={"num_cpus": s.image_num_cpus, "num_gpus": s.image_num_gpus}).bind(asdict(s))
 
 
@@ -534,6 +561,19 @@ def status() -> dict:
                    "deployments": {d: str(dep.status.value if hasattr(dep.status, "value") else dep.status)
                                    for d, dep in app.deployments.items()}}
             for name, app in st.applications.items()}
+
+
+def running_replicas() -> dict[str, int]:
+    """Replicas in the RUNNING state per deployment, e.g. ``{"ChatServer": 2, "ImageServer": 1}``
+    (what autoscaling changes; starting and stopping replicas are not counted)."""
+    from ray import serve
+
+    counts: dict[str, int] = {}
+    for app in serve.status().applications.values():
+        for name, deployment in app.deployments.items():
+            states = {str(getattr(k, "value", k)): v for k, v in (deployment.replica_states or {}).items()}
+            counts[name] = states.get("RUNNING", 0)
+    return counts
 
 
 def shutdown() -> None:

@@ -86,3 +86,112 @@ def test_stop_ends_the_nodes_the_autoscaler_started_and_nothing_else(ray_cluster
         assert len(raylets) == 2, "the head's raylet and the CPU node's"
     assert not _processes_of(session)
     assert ray.is_initialized() and ray.get(ray.remote(lambda: 1).remote()) == 1, "the suite's own cluster lives on"
+
+
+LOAD_STEP = """
+import json, sys, threading, time
+from labkit import serve
+from labkit.loadtest import load_test
+from labkit.ray_runtime import free_port
+
+address, out = sys.argv[1], open(sys.argv[2], "w")
+def say(**row):
+    out.write(json.dumps({"t": time.time(), **row}) + "\\n"); out.flush()
+
+# One chat replica to start with, up to two; a replica wants a CPU and half a (logical) GPU, so each
+# needs a node of the "gpu" group, which starts at 0 nodes.
+settings = serve.ServeSettings(port=free_port(), images=False, chat_num_cpus=1, chat_num_gpus=0.5,
+                               chat_replicas=1, chat_max_replicas=2, chat_target_ongoing_requests=1,
+                               upscale_delay_s=1, downscale_delay_s=4, max_batch_size=4, max_tokens_limit=64,
+                               default_max_tokens=48)
+url = serve.deploy(settings, address=address)
+serve.wait_ready(url, timeout_s=300)
+say(phase="quiet", replicas=serve.running_replicas())
+done = threading.Event()
+def watch():
+    while not done.is_set():
+        say(phase="watch", replicas=serve.running_replicas())
+        time.sleep(1)
+watcher = threading.Thread(target=watch, daemon=True)
+watcher.start()
+# A load curve, as `labkit serve bench --curve 5:0.2,20:3,20:0.2` sends it: quiet, peak, quiet.
+report = load_test(url, mode="open", phases=[(5, 0.2), (20, 3.0), (20, 0.2)], max_tokens=48, progress=False,
+                   timeout_s=600)
+say(phase="peak over", errors=report["errors"], requests=report["requests"], replicas=serve.running_replicas(),
+    starts=[r["start_s"] for r in report["rows"]])
+deadline = time.time() + 180
+while serve.running_replicas().get("ChatServer") != 1 and time.time() < deadline:
+    time.sleep(1)
+say(phase="quiet again", replicas=serve.running_replicas())
+import ray
+def gpu_nodes():
+    return sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU"))
+deadline = time.time() + 120
+while gpu_nodes() != 1 and time.time() < deadline:  # the idle node goes after its idle timeout
+    time.sleep(1)
+say(phase="node gone", gpu_nodes=gpu_nodes(), replicas=serve.running_replicas())
+done.set()
+serve.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_a_load_step_adds_a_replica_and_a_node_and_quiet_takes_them_away(tmp_path):
+    import json
+    import threading
+    import time
+
+    log = tmp_path / "load.jsonl"
+    with AutoscalingCluster(laptop_cluster(idle_timeout_s=5)) as cluster:
+        nodes, stop = [], threading.Event()
+
+        def watch_nodes() -> None:
+            while not stop.is_set():
+                nodes.append((time.time(), cluster.counts()["gpu"]))
+                time.sleep(1)
+
+        watcher = threading.Thread(target=watch_nodes, daemon=True)
+        watcher.start()
+        try:
+            subprocess.run([sys.executable, "-c", LOAD_STEP, cluster.address, str(log)], timeout=900, check=True)
+        finally:
+            stop.set()
+            watcher.join()
+        rows = [json.loads(line) for line in log.read_text().splitlines()]
+        by_phase = {r["phase"]: r for r in rows}
+        assert by_phase["quiet"]["replicas"] == {"ChatServer": 1}
+        assert by_phase["peak over"]["errors"] == 0
+        starts = by_phase["peak over"]["starts"]
+        assert sum(5 <= t < 25 for t in starts) > 3 * sum(t < 5 or t >= 25 for t in starts), "the peak is the peak"
+        assert max(r["replicas"].get("ChatServer", 0) for r in rows) == 2, "the load step should add a replica"
+        assert by_phase["quiet again"]["replicas"] == {"ChatServer": 1}, "quiet should take it away again"
+        assert max(n for _, n in nodes) == 2, "the second replica needs a second GPU node"
+        assert by_phase["node gone"]["gpu_nodes"] == 1, "the idle node should be removed, the busy one kept"
+        session = str(cluster.head.temp_dir)
+    assert not _processes_of(session)
+
+
+def test_a_load_curve_draws_each_phase_at_its_own_rate_and_refuses_bad_phases():
+    from labkit.loadtest import MAX_REQUESTS, phased_arrivals
+
+    curve = [(100, 0.5), (100, 5.0), (50, 0.0), (100, 0.5)]
+    starts = phased_arrivals(curve, seed=3)
+    assert starts == phased_arrivals(curve, seed=3) != phased_arrivals(curve, seed=4)
+    assert starts == sorted(starts) and 0 <= starts[0] and starts[-1] < 350
+    per_phase = [sum(a <= t < b for t in starts) for a, b in ((0, 100), (100, 200), (200, 250), (250, 350))]
+    assert per_phase[2] == 0, "a rate of 0 is a silent phase"
+    assert 380 <= per_phase[1] <= 620 and 20 <= per_phase[0] <= 80 and 20 <= per_phase[3] <= 80  # ~500, ~50
+    for bad, match in [([(10,)], "must be \\(seconds, requests per second\\)"), ([(0, 1.0)], "seconds must be"),
+                       ([(10, -1.0)], "rate must be"), ([(10, "fast")], "rate must be"),
+                       ([(3600, 1000.0)], f"more than {MAX_REQUESTS}")]:
+        with pytest.raises(ValueError, match=match):
+            phased_arrivals(bad)
+
+
+def test_serve_bench_refuses_a_malformed_curve():
+    from conftest import run_cli
+
+    result = run_cli("serve", "bench", "--curve", "60-0.2,60:2")
+    assert result.returncode == 2 and "SECONDS:RATE" in result.stderr
+    result = run_cli("serve", "bench", "--curve", "60:0.2,0:2")
+    assert result.returncode != 0 and "seconds must be between 0 and a day" in result.stderr

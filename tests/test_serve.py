@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from dataclasses import asdict
 
 import httpx
 import pytest
@@ -218,6 +219,24 @@ def test_serve_config_is_valid_and_bad_settings_are_refused():
         serve_config(ServeSettings(chat_num_gpus=-1))
     with pytest.raises(ValueError, match="unknown dtype 'fp64'"):
         serve_config(ServeSettings(dtype="fp64"))
+    for bad, match in [(dict(image_max_replicas=0), "image_max_replicas must be a whole number >= image_replicas"),
+                       (dict(chat_max_replicas=2.5), "chat_max_replicas must be a whole number"),
+                       (dict(chat_target_ongoing_requests=0), "chat_target_ongoing_requests must be > 0"),
+                       (dict(downscale_delay_s=-1), "downscale_delay_s must be >= 0")]:
+        with pytest.raises(ValueError, match=match):
+            serve_config(ServeSettings(**bad))
+
+
+def test_autoscaling_settings_become_serves_autoscaling_config():
+    from labkit.serve import _replica_options, chat_app, images_app
+
+    s = ServeSettings(chat_replicas=1, chat_max_replicas=3, chat_target_ongoing_requests=2, upscale_delay_s=5,
+                      downscale_delay_s=20, image_max_replicas=2)
+    assert _replica_options(s, 1, 3, 2) == {"autoscaling_config": {
+        "min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 2, "upscale_delay_s": 5,
+        "downscale_delay_s": 20}}
+    assert _replica_options(s, 2, None, 2) == _replica_options(s, 2, 2, 2) == {"num_replicas": 2}
+    chat_app(asdict(s)), images_app(asdict(s))  # Serve checks the options it is given: no error
 
 
 def test_cli_bench_and_config(server, tmp_path):
