@@ -237,7 +237,7 @@ def _chat_deployment():
             # The model's work runs on one thread of its own (the engine's loop, or this executor's
             # one worker), and this loading thread lets go of its OpenMP workers: two idle-spinning
             # pools on two cores make every op wait for a wake-up (labkit.cpu_runtime).
-            self.compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labkit-generate")
+            self.compute = None if self.engine else ThreadPoolExecutor(1, thread_name_prefix="labkit-generate")
             release_openmp_threads()
 
         def check_health(self) -> None:
