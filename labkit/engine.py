@@ -121,8 +121,10 @@ class Engine:
     ``"chunked"`` mode. ``role``: see ``ROLES`` (``labkit.disaggregation`` pairs the two halves).
     ``compile``: run iterations that only decode through ``torch.compile`` (one graph for every
     batch and context size, with frozen, packed weights on the CPU); prompts stay eager. It costs
-    one compile per process (about 100 s for the cpu profile's model on 2 cores, paid by
-    ``warm_up()`` or the first decode) and made decode steps 1.3-1.6x faster here in bf16.
+    one compile per process (97 s + 46 s for the cpu profile's model on 2 cores: a graph for several
+    rows and one for a single row, paid by ``warm_up()`` or the first decodes) and made decode steps
+    1.3-1.5x faster in bf16 (``benchmarks/bench_engine.py``). It switches ``model``'s layers back to
+    plain weights (``labkit.cpu_runtime``), for every other user of the same model too.
     """
 
     def __init__(self, model, tokenizer, *, max_batch: int = 16, block_size: int = 16,
@@ -389,16 +391,19 @@ class Engine:
 
     def _compiled_decode(self, ids, positions, step: StepKV, last) -> torch.Tensor:
         args = (ids, positions, step.write_index, step.decode_tokens, step.decode_read, step.decode_mask, last)
-        shape = "1 row" if len(last) == 1 else "rows"
-        if shape in self.compile_seconds:
-            return self._compiled(*args)
         import torch._inductor.config as inductor_config
 
+        # The pool's tensors stay the same objects for the engine's life, so freezing may bake them
+        # into the graph like the weights (in place, not copied) and pack the weights for oneDNN.
+        # Patched on every call (about 13 us), so a recompile dynamo decides on later is frozen too.
+        freezing = inductor_config.patch(freezing=self.device.type == "cpu")
+        shape = "1 row" if len(last) == 1 else "rows"
+        if shape in self.compile_seconds:
+            with freezing:
+                return self._compiled(*args)
         t0 = time.perf_counter()
         try:
-            # The pool's tensors stay the same objects for the engine's life, so freezing may bake them
-            # into the graph like the weights (in place, not copied) and pack the weights for oneDNN.
-            with inductor_config.patch(freezing=self.device.type == "cpu"):
+            with freezing:
                 logits = self._compiled(*args)
         except Exception as exc:  # no C++ compiler, an op inductor cannot lower, ...: decode eager
             self.compile_fallback = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"

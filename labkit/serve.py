@@ -32,6 +32,7 @@ import io
 import json
 import time
 import uuid
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 
@@ -444,7 +445,11 @@ def _replica_device(num_gpus: float) -> str:
     ``labkit.elastic``) has no CUDA device and runs on the CPU."""
     import torch
 
-    return "cuda" if num_gpus and torch.cuda.is_available() else "cpu"
+    if num_gpus and not torch.cuda.is_available():
+        warnings.warn(f"this replica was given {num_gpus:g} GPU(s) but torch sees no CUDA device (logical GPUs "
+                      "of a laptop cluster?): it runs on the CPU", stacklevel=2)
+        return "cpu"
+    return "cuda" if num_gpus else "cpu"
 
 
 def chat_app(args: dict):
