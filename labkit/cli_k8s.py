@@ -12,7 +12,7 @@ def add_commands(sub) -> None:
     ksub = k.add_subparsers(metavar="ACTION")
     r = ksub.add_parser("render", help="print (or write) the manifests of a preset or a spec file")
     src = r.add_mutually_exclusive_group(required=True)
-    src.add_argument("--preset", help="cpu, gpu, shared-gpu, job or service")
+    src.add_argument("--preset", help="cpu, gpu, shared-gpu, elastic-pool, job or service")
     src.add_argument("--spec", type=Path, help="a YAML spec (kind: RayCluster|RayJob|RayService + fields)")
     r.add_argument("--image", help="container image (default: the workshop image of the local Ray/Python)")
     r.add_argument("--output", type=Path, help="write here instead of printing")

@@ -195,3 +195,95 @@ def test_serve_bench_refuses_a_malformed_curve():
     assert result.returncode == 2 and "SECONDS:RATE" in result.stderr
     result = run_cli("serve", "bench", "--curve", "60:0.2,0:2")
     assert result.returncode != 0 and "seconds must be between 0 and a day" in result.stderr
+
+
+# --- training that yields to inference ------------------------------------------------------------
+
+POOL = """
+import json, sys
+from labkit.pool_experiment import run_pool
+# 3 GPUs: inference 1-2 replicas, training 1-2 workers; one replica serves 4 req/s, the peak needs two.
+run = run_pool("shared", gpus=3, curve=[(8, 0.5), (30, 6.0), (45, 0.5)], checkpoint_every=10,
+               storage=sys.argv[1], progress=False)
+json.dump(run, open(sys.argv[2], "w"))
+"""
+
+
+@pytest.mark.slow
+def test_training_gives_a_worker_to_inference_at_the_peak_and_takes_it_back_from_its_checkpoint(tmp_path):
+    import json
+
+    from labkit.elastic_training import ElasticRun
+    from labkit.pool_experiment import summarize
+
+    out = tmp_path / "run.json"
+    subprocess.run([sys.executable, "-c", POOL, str(tmp_path / "train"), str(out)], timeout=900, check=True)
+    run = json.loads(out.read_text())
+    training = ElasticRun(rows=run["training_rows"])
+    assert training.world_sizes()[0] == 2, "quiet: training holds the two GPUs inference does not need"
+    sizes = training.world_sizes()
+    assert 1 in sizes and 2 in sizes[sizes.index(1):], f"it should shrink at the peak and grow after: {sizes}"
+    replicas = [s["replicas"] for s in run["timeline"]]
+    assert max(replicas) == 2 and replicas[0] == 1, "the peak adds a replica on the GPU training gave up"
+    restarts = training.restarts()
+    assert len(restarts) >= 2
+    by_step = {}
+    for row in run["training_rows"]:
+        by_step.setdefault(row["step"], row)  # the first time each step was done
+    for restart in restarts:
+        resumed = restart["resumed_at"]
+        assert resumed > 1 and (resumed - 1) % 10 == 0, "each restart goes on from a checkpoint, not from step 0"
+        assert 0 <= restart["redone"] <= 10, "at most the steps since the last checkpoint are done again"
+        first = next(r for r in run["training_rows"] if r["t"] >= restart["t"])
+        checkpointed = by_step[resumed - 1]["samples"]
+        assert first["samples"] == checkpointed + 32 * first["world_size"], "samples go on from the checkpoint"
+    steps = [r["step"] for r in run["training_rows"]]
+    assert steps[-1] > max(r["resumed_at"] for r in restarts), "training went on after the last resize"
+    summary = summarize(run)
+    assert summary["errors"] == 0 and summary["scale_up_s"] is not None and summary["training_back_s"] is not None
+    assert not _processes_of(run["session_dir"]), "every process of the pool ended"
+
+
+def test_the_pool_summary_counts_busy_device_time_and_the_slo():
+    from labkit.pool_experiment import summarize
+
+    run = {"mode": "static", "gpus": 2, "t0": 100.0, "t_end": 110.0, "service_s": 1.0, "slo_s": 1.5, "step_s": 1.0,
+           "curve": [[5, 0.2], [5, 1.0]], "plan": {"inference": [1, 1], "training": [1, 1]},
+           # one request on the device 104-105 (in the SLO), one answered late, one failed
+           "requests": [{"start_s": 3.5, "latency_s": 1.5, "ok": True}, {"start_s": 6.0, "latency_s": 2.0, "ok": True},
+                        {"start_s": 7.0, "latency_s": 0.1, "ok": False}],
+           # one worker stepping 1 s at a time from 100 to 110; 10 samples per step
+           "training_rows": [{"t": 101.0 + i, "step": i + 1, "world_size": 1, "samples": 10 * (i + 1),
+                              "attempt": "a"} for i in range(10)], "timeline": []}
+    s = summarize(run)
+    assert s["utilisation"] == pytest.approx((10 + 1 + 1) / 20)
+    assert s["slo_attainment"] == pytest.approx(1 / 3) and s["peak_slo_attainment"] == pytest.approx(0 / 2)
+    assert s["training_samples"] == 100 and s["errors"] == 1 and s["restarts"] == 0
+
+
+def test_elastic_training_and_the_inference_hold_refuse_bad_settings():
+    from labkit.elastic_training import InferenceFirst, train_elastic
+    from labkit.pool_experiment import plan, pool_cluster, run_pool
+
+    for kwargs, match in [({"min_workers": 3, "max_workers": 2}, "must not be above"),
+                          ({"min_workers": 0}, "min_workers must be a positive integer"),
+                          ({"steps": 1.5}, "steps must be a positive integer"),
+                          ({"step_s": -1}, "step_s must be >= 0")]:
+        with pytest.raises(ValueError, match=match):
+            train_elastic(**kwargs)
+    with pytest.raises(ValueError, match="at least one Serve deployment"):
+        InferenceFirst({})
+    with pytest.raises(ValueError, match="non-negative numbers"):
+        InferenceFirst({"ChatServer": {"GPU": -1}})
+    with pytest.raises(ValueError, match="expire_s more than 3 polls"):
+        InferenceFirst({"ChatServer": {"GPU": 1}}, poll_s=10, expire_s=20)
+    hold = InferenceFirst({"ChatServer": {"GPU": 0.5}, "ImageServer": {"CPU": 1, "GPU": 1}})
+    assert hold.bundles({"ChatServer": 2, "ImageServer": 1}) == [{"GPU": 0.5}, {"GPU": 0.5}, {"CPU": 1, "GPU": 1}]
+    assert plan("static", 4) == {"inference": (2, 2), "training": (2, 2)}
+    assert plan("shared", 4) == {"inference": (1, 3), "training": (1, 3)}
+    with pytest.raises(ValueError, match="mode must be one of"):
+        plan("half", 4)
+    with pytest.raises(ValueError, match="whole number from 2 to 8"):
+        pool_cluster(1)
+    with pytest.raises(ValueError, match="seconds must be"):
+        run_pool("shared", curve=[(0, 1.0)])

@@ -229,3 +229,43 @@ def test_cli_render_and_validate(tmp_path, kuberay_crds):
     refused = run_cli("k8s", "render", "--spec", str(spec), "--output", str(target))
     assert refused.returncode == 2 and "replicas must be an integer >= 0" in refused.stderr
     assert not target.exists() and not list(tmp_path.glob(".out.yaml*"))
+
+
+def test_the_elastic_pool_puts_inference_first_on_kubernetes():
+    docs = list(yaml.safe_load_all((GOLDEN / "elastic-pool.yaml").read_text()))
+    classes = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PriorityClass"}
+    inference, training = classes["labkit-inference"], classes["labkit-training"]
+    assert inference["value"] > training["value"], "inference pods are scheduled first"
+    assert inference["preemptionPolicy"] == "PreemptLowerPriority" and training["preemptionPolicy"] == "Never"
+    assert not inference["globalDefault"] and not training["globalDefault"], "other pods keep their own priority"
+    service = next(d for d in docs if d["kind"] == "RayService")
+    cluster = next(d for d in docs if d["kind"] == "RayCluster")
+    for doc, wanted in ((service, "labkit-inference"), (cluster, "labkit-training")):
+        parts = _ray_parts(doc)
+        templates = [parts["headGroupSpec"]["template"]] + [g["template"] for g in parts["workerGroupSpecs"]]
+        assert {t["spec"]["priorityClassName"] for t in templates} == {wanted}
+        assert parts["enableInTreeAutoscaling"] is True and "autoscalerOptions" in parts
+        group = parts["workerGroupSpecs"][0]
+        assert group["template"]["spec"]["nodeSelector"] == {"labkit/pool": "gpu"}, "one GPU pool for both"
+    assert _ray_parts(service)["workerGroupSpecs"][0]["minReplicas"] == 1
+    assert _ray_parts(cluster)["workerGroupSpecs"][0]["minReplicas"] == 0
+    apps = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
+    chat = next(a["args"] for a in apps if a["name"] == "chat")  # labkit.serve's settings, as in lab 06
+    assert chat["chat_num_gpus"] == chat["image_num_gpus"] == 0.5, "two models share one GPU"
+    assert chat["chat_replicas"] == 1 and chat["chat_max_replicas"] == 4, "the service scales with traffic"
+
+
+def test_time_slicing_shares_each_gpu_under_the_resource_the_shared_pool_asks_for():
+    docs = list(yaml.safe_load_all((GOLDEN / "shared-gpu.yaml").read_text()))
+    config = yaml.safe_load(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["any"])
+    slicing = config["sharing"]["timeSlicing"]
+    assert slicing["renameByDefault"] is True and slicing["resources"] == [{"name": "nvidia.com/gpu", "replicas": 2}]
+    group = _ray_parts(docs[-1])["workerGroupSpecs"][0]
+    assert group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu.shared"] == 1
+    from labkit.k8s.manifests import priority_class, time_slicing_config
+    from labkit.k8s.spec import SpecError
+
+    with pytest.raises(SpecError, match="from 2 to 16"):
+        time_slicing_config(replicas=1)
+    with pytest.raises(SpecError, match="0 to 1e9"):
+        priority_class("x", 2_000_000_000, preempts=False, description="")

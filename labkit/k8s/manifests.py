@@ -89,6 +89,8 @@ def _pod_template(spec: ClusterSpec, group: GroupSpec, *, head: bool, extra_volu
            "volumes": volumes + list(extra_volumes),
            "automountServiceAccountToken": False,
            "securityContext": {"fsGroup": 100, "seccompProfile": {"type": "RuntimeDefault"}}}
+    if spec.priority_class:
+        pod["priorityClassName"] = spec.priority_class
     if group.node_selector:
         pod["nodeSelector"] = dict(group.node_selector)
     if group.tolerations:
@@ -216,6 +218,36 @@ def pvc(name: str, *, namespace: str = "labkit", size: str = "50Gi", access_mode
         body["storageClassName"] = storage_class
     return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": _metadata(name, namespace, "storage"),
             "spec": body}
+
+
+def priority_class(name: str, value: int, *, preempts: bool, description: str) -> dict:
+    """A PriorityClass: pods of a higher ``value`` are scheduled first and, with ``preempts``, evict
+    pods of lower value when a node has no room (the scheduler's preemption); without it they
+    only wait at the front of the queue."""
+    if not (isinstance(value, int) and 0 <= value <= 1_000_000_000):
+        raise SpecError(f"priority value must be a whole number from 0 to 1e9 (higher is reserved), got {value!r}")
+    return {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+            "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "labkit", **MANAGED_BY}},
+            "value": value, "globalDefault": False,
+            "preemptionPolicy": "PreemptLowerPriority" if preempts else "Never", "description": description}
+
+
+def time_slicing_config(*, replicas: int = 2, namespace: str = "gpu-operator",
+                        name: str = "labkit-time-slicing") -> dict:
+    """The NVIDIA GPU operator's device-plugin config that shares each GPU ``replicas`` ways in time.
+
+    With ``renameByDefault`` the shared devices are advertised as ``nvidia.com/gpu.shared``, so a
+    pod asking for a whole ``nvidia.com/gpu`` cannot land on a slice by mistake. Point the
+    operator at it: ``kubectl patch clusterpolicies.nvidia.com/cluster-policy --type merge -p
+    '{"spec":{"devicePlugin":{"config":{"name":"labkit-time-slicing","default":"any"}}}}'``.
+    Time slices share the GPU's memory with no isolation: size the models to fit together.
+    """
+    if not (isinstance(replicas, int) and 2 <= replicas <= 16):
+        raise SpecError(f"time-slicing replicas must be from 2 to 16 per GPU, got {replicas!r}")
+    config = {"version": "v1", "sharing": {"timeSlicing": {
+        "renameByDefault": True, "resources": [{"name": "nvidia.com/gpu", "replicas": replicas}]}}}
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _metadata(name, namespace, "gpu-sharing"),
+            "data": {"any": yaml.safe_dump(config, sort_keys=False)}}
 
 
 def network_policy(cluster_name: str, *, namespace: str = "labkit") -> dict:

@@ -13,7 +13,15 @@ from __future__ import annotations
 
 import shlex
 
-from labkit.k8s.manifests import network_policy, pvc, ray_cluster, ray_job, ray_service
+from labkit.k8s.manifests import (
+    network_policy,
+    priority_class,
+    pvc,
+    ray_cluster,
+    ray_job,
+    ray_service,
+    time_slicing_config,
+)
 from labkit.k8s.spec import GPU_TAINT, ClusterSpec, GroupSpec, JobSpec, ServiceSpec
 
 MODEL_CACHE = "labkit-models"  # filled once by the seeding Job of infra/ (`labkit models pull --profile gpu`)
@@ -89,6 +97,53 @@ def serve_service_spec(*, image: str | None = None, name: str = "labkit-serve") 
                        serve=ServeSettings(profile="gpu", chat_num_gpus=0.5, image_num_gpus=0.5, max_batch_size=16))
 
 
+INFERENCE_PRIORITY, TRAINING_PRIORITY = "labkit-inference", "labkit-training"
+
+
+def elastic_pool_specs(*, image: str | None = None) -> tuple[ServiceSpec, ClusterSpec]:
+    """Lab 10's shared pool on Kubernetes: the chat and image service and a training cluster on
+    the same GPU node pool, inference first.
+
+    What ``labkit.elastic_training.InferenceFirst`` does on the laptop, Kubernetes does with
+    priorities: the service's pods have the higher PriorityClass and may preempt, so at a peak,
+    when the pool is at its largest and Serve's autoscaler asks KubeRay for one more GPU pod, the
+    scheduler evicts a training pod for it. Ray Train (elastic, ``num_workers=(1, 4)``) loses that
+    worker and goes on from its checkpoint with fewer; after the peak the service's idle pod is
+    removed, the training cluster's autoscaler (which Ray Train asks for its maximum) adds a pod
+    back, and Train grows at its next check. Training pods never preempt anyone.
+    """
+    from labkit.serve import ServeSettings
+
+    service_cluster = gpu_cluster(image=image, name="labkit-inference")
+    service_cluster.workers = [service_cluster.workers[1]]
+    service_cluster.workers[0].min_replicas = 1  # one GPU always warm for traffic
+    service_cluster.priority_class = INFERENCE_PRIORITY
+    service = ServiceSpec(name="labkit-inference", cluster=service_cluster,
+                          serve=ServeSettings(profile="gpu", chat_num_gpus=0.5, image_num_gpus=0.5, max_batch_size=16,
+                                              chat_max_replicas=4, image_max_replicas=2,
+                                              upscale_delay_s=10, downscale_delay_s=120))
+    training = gpu_cluster(image=image, name="labkit-training")
+    training.workers = [training.workers[1]]
+    training.workers[0].idle_timeout_s = 120  # a freed GPU goes back to the pool soon
+    training.priority_class = TRAINING_PRIORITY
+    return service, training
+
+
+def _elastic_pool(image=None):
+    service, training = elastic_pool_specs(image=image)
+    return [priority_class(INFERENCE_PRIORITY, 100_000, preempts=True,
+                           description="labkit inference: scheduled first, may evict training pods"),
+            priority_class(TRAINING_PRIORITY, 1_000, preempts=False,
+                           description="labkit training: uses what inference leaves, never evicts"),
+            network_policy(service.name, namespace=service.cluster.namespace), ray_service(service),
+            network_policy(training.name, namespace=training.namespace), ray_cluster(training)]
+
+
+def _shared_gpu(image=None):
+    spec = shared_gpu_cluster(image=image)
+    return [time_slicing_config(replicas=2), network_policy(spec.name, namespace=spec.namespace), ray_cluster(spec)]
+
+
 def _cluster(make):
     def build(image=None):
         spec = make(image=image)
@@ -111,14 +166,16 @@ def _service(image=None):
 PRESETS = {
     "cpu": _cluster(cpu_cluster),
     "gpu": _cluster(gpu_cluster),
-    "shared-gpu": _cluster(shared_gpu_cluster),
+    "shared-gpu": _shared_gpu,
+    "elastic-pool": _elastic_pool,
     "job": _job,
     "service": _service,
 }
 
 
 def preset(name: str, *, image: str | None = None) -> list[dict]:
-    """The manifests of a named preset (``cpu``, ``gpu``, ``shared-gpu``, ``job``, ``service``)."""
+    """The manifests of a named preset (``cpu``, ``gpu``, ``shared-gpu``, ``elastic-pool``, ``job``,
+    ``service``)."""
     if name not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[name](image=image)

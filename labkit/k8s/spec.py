@@ -179,6 +179,7 @@ class ClusterSpec:
     profile: str = "cpu"
     env: dict[str, str] = field(default_factory=dict)
     token_auth: bool = True
+    priority_class: str | None = None  # a PriorityClass for every pod (see presets.elastic_pool)
 
     def check(self) -> None:
         if not isinstance(self.name, str) or not _DNS1123.match(self.name) or len(self.name) > 40:
@@ -201,6 +202,8 @@ class ClusterSpec:
             if group.name in names:
                 raise SpecError(f"workers[{i}].name {group.name!r} is used twice")
             names.add(group.name)
+        if self.priority_class is not None and not _DNS1123.match(str(self.priority_class)):
+            raise SpecError(f"priority_class {self.priority_class!r} is not a valid PriorityClass name")
         if self.model_cache_claim is not None and not _DNS1123.match(self.model_cache_claim):
             raise SpecError(f"model_cache_claim {self.model_cache_claim!r} is not a valid PVC name")
         for key in self.env:
