@@ -1,7 +1,7 @@
 """A static split against a shared elastic pool, on the same load curves, measured in one run.
 
-Run with ``.venv/bin/python benchmarks/bench_pool.py`` (about 2.5 minutes per run; the default
-is 2 curves x 2 modes x 2 rounds, about 20 minutes). ``labkit.pool_experiment.run_pool`` runs each:
+Run with ``.venv/bin/python benchmarks/bench_pool.py`` (2 modes x 2 rounds per curve; see the
+end of this docstring for how long). ``labkit.pool_experiment.run_pool`` runs each:
 a pool of 4 logical GPUs (one Ray node each, on Ray's autoscaling cluster), an inference service
 whose replica holds one GPU for ``service_s`` = 0.25 s per request (capacity 4 req/s each), a
 data-parallel training job stepping every ``step_s`` = 0.2 s; see its docstring for what is real
@@ -11,12 +11,15 @@ and what stands in for hardware.
 - **shared**: inference 1 to 3 replicas (Serve's autoscaler, target 1 ongoing request), training 1
   to 3 workers (Ray Train's elastic mode), inference reserved first (``InferenceFirst``).
 
-Two curves, quiet 20 s at 1 req/s, a 40 s peak, quiet 50 s at 1 req/s: a peak of 6 req/s (fits in
-the static half: 2 replicas serve 8 req/s) and of 10 req/s (does not). Each round draws its own
+Three curves: quiet 20 s at 1 req/s, a 40 s peak, quiet 50 s at 1 req/s, with a peak of 6 req/s
+(``fits`` in the static half: 2 replicas serve 8 req/s) or of 10 req/s (``exceeds`` it); and a
+``day`` more like a real one, mostly quiet: 120 s at 1 req/s, 60 s at 8 req/s (exactly the static
+half's capacity), 120 s at 1 req/s. Each round draws its own
 Poisson arrivals (seed = round), the same for both modes. Printed per run: utilisation, SLO
 attainment (1 s), training samples, and for the shared pool the reaction times; then, per curve,
-the medians [ranges] of shared / static. Raw runs go to ``runs/bench/pool.json`` and the last
-round's timelines to ``docs/img/pool_<curve>.png``.
+the medians [ranges] of shared / static. Raw runs go to ``runs/bench/pool_<curves>.json`` and the last
+round's timelines to ``docs/img/pool_<curve>.png``. The default, all three curves, takes about
+45 minutes; ``--curves day`` about 20.
 """
 
 from __future__ import annotations
@@ -32,14 +35,15 @@ sys.path.insert(0, str(REPO))
 
 from labkit.pool_experiment import plot_pool, run_pool, summarize  # noqa: E402
 
-CURVES = {"fits": [(20, 1.0), (40, 6.0), (50, 1.0)], "exceeds": [(20, 1.0), (40, 10.0), (50, 1.0)]}
+CURVES = {"fits": [(20, 1.0), (40, 6.0), (50, 1.0)], "exceeds": [(20, 1.0), (40, 10.0), (50, 1.0)],
+          "day": [(120, 1.0), (60, 8.0), (120, 1.0)]}
 KEYS = ("utilisation", "slo_attainment", "peak_slo_attainment", "training_samples")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--curves", nargs="+", choices=sorted(CURVES), default=["fits", "exceeds"])
+    parser.add_argument("--curves", nargs="+", choices=sorted(CURVES), default=["fits", "exceeds", "day"])
     parser.add_argument("--gpus", type=int, default=4)
     args = parser.parse_args()
     out_dir = REPO / "runs" / "bench"
@@ -74,7 +78,7 @@ def main() -> None:
             values = [row["shared"][key] for row in rows if row["shared"].get(key) is not None]
             if values:
                 print(f"  {key:20s} {statistics.median(values):.1f} s [{min(values):.1f}, {max(values):.1f}]")
-    (out_dir / "pool.json").write_text(json.dumps(results, indent=1))
+    (out_dir / f"pool_{'_'.join(args.curves)}.json").write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -62,15 +62,11 @@ def coordinator():
 def held_replicas(deployments: Mapping[str, object]) -> dict[str, int]:
     """Replicas per watched deployment that hold (or are waiting for) their resources: running,
     starting (which includes waiting to be placed), updating or recovering; stopping ones do not."""
-    from ray import serve
+    from labkit.serve import replica_states
 
-    held = {name: 0 for name in deployments}
-    for app in serve.status().applications.values():
-        for name, deployment in app.deployments.items():
-            if name in held:
-                states = {str(getattr(k, "value", k)): v for k, v in (deployment.replica_states or {}).items()}
-                held[name] += sum(v for k, v in states.items() if k in _HELD_STATES)
-    return held
+    states = replica_states()
+    return {name: sum(n for state, n in states.get(name, {}).items() if state in _HELD_STATES)
+            for name in deployments}
 
 
 class InferenceFirst:
@@ -128,7 +124,10 @@ class InferenceFirst:
             except Exception:  # noqa: BLE001  (Serve busy or restarting: count again next poll)
                 continue
             if held != last or time.monotonic() - told > self.expire_s / 3:
-                self._tell(held)
+                try:
+                    self._tell(held)
+                except Exception:  # noqa: BLE001  (coordinator restarting: it is retried next poll)
+                    continue
                 told = time.monotonic()
                 if held != last:
                     self.history.append((time.time(), held))

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+from labkit import loadtest
 from labkit.elastic import AutoscalingCluster
 from labkit.k8s.spec import ClusterSpec, GroupSpec
 
@@ -111,7 +112,7 @@ def run_pool(mode: Mode, *, gpus: int = 4, curve: Sequence[tuple[float, float]] 
     """
     import ray
 
-    from labkit import loadtest, store
+    from labkit import store
     from labkit.elastic_training import InferenceFirst, read_progress, train_elastic
     from labkit.ray_runtime import LOOPBACK, free_port, init_ray
 
@@ -170,7 +171,7 @@ def run_pool(mode: Mode, *, gpus: int = 4, curve: Sequence[tuple[float, float]] 
                     # workers that stepped in the last two seconds (0 while the group restarts)
                     stepping = rows[-1]["world_size"] if rows and now - rows[-1]["t"] < 2.0 else 0
                     timeline.append({"t": now, "gpu_nodes": cluster.counts().get("gpu", 0),
-                                     "replicas": _running(serve), "training": stepping})
+                                     "replicas": _running(), "training": stepping})
 
             watcher = threading.Thread(target=watch, name="labkit-pool-watch", daemon=True)
             watcher.start()
@@ -201,18 +202,16 @@ def run_pool(mode: Mode, *, gpus: int = 4, curve: Sequence[tuple[float, float]] 
 
 
 def _bodies(curve, seed: int) -> list[dict]:
-    from labkit import loadtest
-
     n = len(loadtest.phased_arrivals(curve, seed=seed))
     return [loadtest.chat_body("hello", max_tokens=1) for _ in range(n)]
 
 
-def _running(serve) -> int:
+def _running() -> int:
+    from labkit.serve import running_replicas
+
     try:
-        app = serve.status().applications.get("inference")
-        states = {str(getattr(k, "value", k)): v for k, v in (app.deployments[DEPLOYMENT].replica_states or {}).items()}
-        return states.get("RUNNING", 0)
-    except Exception:  # noqa: BLE001  (not deployed yet, or going away)
+        return running_replicas().get(DEPLOYMENT, 0)
+    except Exception:  # noqa: BLE001  (Serve busy or going away: none counted this second)
         return 0
 
 
@@ -265,7 +264,7 @@ def summarize(run: dict) -> dict:
                                    if in_peak else float("nan")),
            "requests": len(run["requests"]), "errors": sum(not r["ok"] for r in run["requests"]),
            "training_samples": samples_at(t_end) - samples_at(t0),
-           "p50_latency_s": _median([r["latency_s"] for r in answered]),
+           "p50_latency_s": loadtest.percentile([r["latency_s"] for r in answered], 50),
            "restarts": sum(1 for a, b in zip(rows, rows[1:], strict=False) if a["attempt"] != b["attempt"])}
     if run["mode"] == "shared":
         timeline = run["timeline"]
@@ -286,12 +285,6 @@ def _phase_starts(curve) -> list[float]:
         starts.append(clock)
         clock += seconds
     return starts
-
-
-def _median(values: list[float]) -> float:
-    import statistics
-
-    return statistics.median(values) if values else float("nan")
 
 
 def plot_pool(runs: list[dict], *, title: str = ""):

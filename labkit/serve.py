@@ -568,17 +568,26 @@ def status() -> dict:
             for name, app in st.applications.items()}
 
 
+def replica_states() -> dict[str, dict[str, int]]:
+    """Replicas per deployment and state, e.g. ``{"ChatServer": {"RUNNING": 1, "STARTING": 1}}``
+    (Serve's states: STARTING, which includes waiting for resources, UPDATING, RECOVERING,
+    RUNNING, STOPPING)."""
+    from ray import serve
+
+    states: dict[str, dict[str, int]] = {}
+    for app in serve.status().applications.values():
+        for name, deployment in app.deployments.items():
+            mine = states.setdefault(name, {})
+            for state, n in (deployment.replica_states or {}).items():
+                key = str(getattr(state, "value", state))
+                mine[key] = mine.get(key, 0) + n
+    return states
+
+
 def running_replicas() -> dict[str, int]:
     """Replicas in the RUNNING state per deployment, e.g. ``{"ChatServer": 2, "ImageServer": 1}``
     (what autoscaling changes; starting and stopping replicas are not counted)."""
-    from ray import serve
-
-    counts: dict[str, int] = {}
-    for app in serve.status().applications.values():
-        for name, deployment in app.deployments.items():
-            states = {str(getattr(k, "value", k)): v for k, v in (deployment.replica_states or {}).items()}
-            counts[name] = states.get("RUNNING", 0)
-    return counts
+    return {name: states.get("RUNNING", 0) for name, states in replica_states().items()}
 
 
 def shutdown() -> None:
