@@ -5,6 +5,19 @@ Ray 2.60 turns token authentication on by default. A cluster started here writes
 submit``, the dashboard in a browser) must present it. Clients find it when ``RAY_AUTH_MODE=token``
 is set, so ``init_ray`` sets that before Ray is imported, unless the user chose otherwise.
 
+One lifecycle, three shapes of cluster. Whatever labkit starts, it ends by its own ids, never
+with Ray's stop command (which ends every Ray process of the user):
+
+- ``init_ray()`` with no address: a cluster inside this Python process (``ray.init``), gone
+  with the process or ``shutdown_ray()``; what notebooks use.
+- ``LocalHead``: a head in a process group of its own, owned by the caller and ended with it
+  (``stop()``, or when the caller exits); what tests and ``labkit.elastic``'s autoscaling
+  cluster use.
+- ``start_head()``: a detached head that outlives the command that started it (``labkit serve
+  up``), recorded so that ``stop_head()`` ends its processes, and only those.
+
+The two heads start from one command line (``head_command``) and wait for the same ports.
+
 Example:
     >>> from labkit.ray_runtime import init_ray
     >>> info = init_ray(num_cpus=2)          # doctest: +SKIP
@@ -159,22 +172,10 @@ def start_head(*, num_cpus: int | None = None, num_gpus: int | None = None, port
     head and nothing else.
     """
     import subprocess
-    import sys
     import time
 
     deadline = time.monotonic() + timeout_s
-    ray_cli = str(Path(sys.executable).parent / "ray")
-    agent_port, client_port = free_port(), free_port()
-    cmd = [ray_cli, "start", "--head", f"--dashboard-host={LOOPBACK}", "--disable-usage-stats",
-           f"--dashboard-agent-listen-port={agent_port}", f"--ray-client-server-port={client_port}"]
-    if port is not None:
-        cmd.append(f"--port={port}")
-    if dashboard_port is not None:
-        cmd.append(f"--dashboard-port={dashboard_port}")
-    if num_cpus is not None:
-        cmd.append(f"--num-cpus={num_cpus}")
-    if num_gpus is not None:
-        cmd.append(f"--num-gpus={num_gpus}")
+    cmd, ports = head_command(port=port, dashboard_port=dashboard_port, num_cpus=num_cpus, num_gpus=num_gpus)
     try:
         with one_start_at_a_time():
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
@@ -185,7 +186,7 @@ def start_head(*, num_cpus: int | None = None, num_gpus: int | None = None, port
     if proc.returncode != 0:
         raise RuntimeError(f"`ray start --head` failed:\n{proc.stdout[-1500:]}{proc.stderr[-1500:]}")
     state = head_state()
-    if not state.alive or not _wait_until_listening([agent_port, client_port], deadline=deadline):
+    if not state.alive or not _wait_until_listening([ports["agent"], ports["client"]], deadline=deadline):
         raise RuntimeError(f"`ray start --head` finished but the head at {state.address} did not come up; "
                            "`labkit doctor` checks Ray on this machine")
     session = _latest_session()
@@ -237,6 +238,40 @@ def _log_tails(folder: Path, names: tuple[str, ...], lines: int = 15) -> str:
 _PORTS_HANDED_OUT: set[int] = set()
 
 
+def head_command(*, port: int | None = None, dashboard_port: int | None = None, num_cpus: int | None = None,
+                 num_gpus: int | None = None, block: bool = False, temp_dir: str | None = None,
+                 ) -> tuple[list[str], dict[str, int]]:
+    """The ``ray start --head`` command line of both labkit heads, and its ports by name (``gcs``,
+    ``agent``, ``client``, ``dashboard``; those given or chosen here) to wait for.
+
+    The dashboard listens on loopback only (``dashboard_port`` None with ``block``: no dashboard;
+    without ``block``: Ray's default port). Ports with fixed defaults get free ones: another Ray
+    on this machine (a notebook's ``ray.init()``, the test suite's cluster) may hold 52365 (the
+    job agent) and 10001 (the client server). ``port`` None: Ray's default (6379)."""
+    import sys
+
+    agent_port, client_port = free_port(), free_port()
+    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--disable-usage-stats",
+           f"--dashboard-agent-listen-port={agent_port}", f"--ray-client-server-port={client_port}"]
+    if block:
+        cmd.append("--block")
+    if temp_dir is not None:
+        cmd.append(f"--temp-dir={temp_dir}")
+    if port is not None:
+        cmd.append(f"--port={port}")
+    if num_cpus is not None:
+        cmd.append(f"--num-cpus={num_cpus}")
+    if num_gpus is not None:
+        cmd.append(f"--num-gpus={num_gpus}")
+    if block and dashboard_port is None:
+        cmd.append("--include-dashboard=false")
+    else:
+        cmd += [f"--dashboard-host={LOOPBACK}"] + ([f"--dashboard-port={dashboard_port}", "--include-dashboard=true"]
+                                                   if dashboard_port is not None else [])
+    named = {"gcs": port, "agent": agent_port, "client": client_port, "dashboard": dashboard_port}
+    return cmd, {name: p for name, p in named.items() if p is not None}
+
+
 def free_port() -> int:
     """A TCP port nothing listens on right now on loopback (the OS picks it), and one this process
     has not handed out before: a head binds the ports it was given seconds after it starts, and the
@@ -268,26 +303,17 @@ class LocalHead:
                  port: int | None = None, autoscaling_config: str | os.PathLike | None = None):
         import shutil
         import subprocess
-        import sys
         import tempfile
         import time
 
         # A short temp dir: Ray's unix socket paths live under it and must stay under ~107 characters.
         self._temp_dir = tempfile.mkdtemp(prefix="lkray")
-        port = port or free_port()
-        dashboard_port, agent_port, client_port = (free_port() for _ in range(3))
-        # Ports with fixed defaults get free ones: another Ray on this machine (a notebook's
-        # ray.init(), the test suite's cluster) already holds 52365 (the job agent) and 10001.
-        cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}",
-               f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}", "--disable-usage-stats",
-               f"--temp-dir={self._temp_dir}",
-               f"--dashboard-agent-listen-port={agent_port}", f"--ray-client-server-port={client_port}"]
-        cmd += ([f"--dashboard-port={dashboard_port}", f"--dashboard-host={LOOPBACK}", "--include-dashboard=true"]
-                if dashboard else ["--include-dashboard=false"])
+        port, dashboard_port = port or free_port(), free_port() if dashboard else None
+        cmd, ports = head_command(port=port, dashboard_port=dashboard_port, num_cpus=num_cpus, num_gpus=num_gpus,
+                                  block=True, temp_dir=self._temp_dir)
         # Ray resolves loopback to this node's address, where the GCS listens.
         self.address = f"{LOOPBACK}:{port}"
         self.dashboard_url = f"http://{LOOPBACK}:{dashboard_port}" if dashboard else None
-        ports = [port, agent_port, client_port] + ([dashboard_port] if dashboard else [])
         env = {**os.environ, "RAY_AUTH_MODE": configure_auth()}
         if autoscaling_config is not None:  # Ray's autoscaler with its one-machine node provider (labkit.elastic)
             cmd.append(f"--autoscaling-config={autoscaling_config}")
@@ -301,7 +327,7 @@ class LocalHead:
             import atexit
 
             atexit.register(self.stop)
-            up = _wait_until_listening(ports, deadline=time.monotonic() + timeout_s,
+            up = _wait_until_listening(list(ports.values()), deadline=time.monotonic() + timeout_s,
                                        still_starting=lambda: self._proc.poll() is None)
         if not up:
             exited = self._proc.poll()

@@ -135,3 +135,18 @@ def test_ray_clusters_start_one_at_a_time_across_processes():
     assert "waited: another Ray cluster on this machine has been starting for over 1s" in out.stdout, out.stderr
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "got it", out.stderr
+
+
+def test_both_heads_start_from_one_command_line():
+    from labkit import ray_runtime
+
+    detached, ports = ray_runtime.head_command(port=6390, dashboard_port=8290, num_cpus=1)
+    owned, owned_ports = ray_runtime.head_command(port=6391, num_cpus=0, num_gpus=0, block=True, temp_dir="lkray-test")
+    for cmd in (detached, owned):
+        assert cmd[1:3] == ["start", "--head"] and "--disable-usage-stats" in cmd
+    assert "--block" in owned and "--block" not in detached, "only the owned head stays in the foreground"
+    assert "--dashboard-host=127.0.0.1" in detached and "--include-dashboard=false" in owned
+    assert "--temp-dir=lkray-test" in owned and not any(a.startswith("--temp-dir") for a in detached)
+    assert ports["gcs"] == 6390 and ports["dashboard"] == 8290 and set(owned_ports) == {"gcs", "agent", "client"}
+    assert f"--dashboard-agent-listen-port={ports['agent']}" in detached  # never Ray's fixed 52365
+    assert len({ports["agent"], ports["client"], owned_ports["agent"], owned_ports["client"]}) == 4
