@@ -42,6 +42,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import labkit.ray_runtime  # noqa: F401  (sets Ray's auth mode before anything imports ray)
+
 INFERENCE_REQUESTER = "labkit-inference"
 _HELD_STATES = {"STARTING", "UPDATING", "RECOVERING", "RUNNING", "PENDING_MIGRATION"}  # not STOPPING
 

@@ -36,6 +36,7 @@ from typing import Literal
 from labkit import loadtest
 from labkit.elastic import AutoscalingCluster
 from labkit.k8s.spec import ClusterSpec, GroupSpec
+from labkit.ray_runtime import LOOPBACK, free_port, init_ray
 
 Mode = Literal["static", "shared"]
 MODES: tuple[str, ...] = ("static", "shared")
@@ -101,7 +102,8 @@ def inference_app(*, replicas: tuple[int, int], service_s: float, target_ongoing
 
 def run_pool(mode: Mode, *, gpus: int = 4, curve: Sequence[tuple[float, float]] = DEFAULT_CURVE,
              service_s: float = 0.25, slo_s: float = 1.0, step_s: float = 0.2, checkpoint_every: int = 25,
-             monitor_interval_s: float = 5.0, downscale_delay_s: float = 10.0, seed: int = 0,
+             monitor_interval_s: float = 5.0, upscale_delay_s: float = 2.0, downscale_delay_s: float = 10.0,
+             seed: int = 0,
              storage: str | Path | None = None, progress: bool = True) -> dict:
     """Run ``curve`` (``[(seconds, requests per second), ...]``) against a pool of ``gpus`` run as
     ``mode`` while a training job runs beside it; returns the timeline and the raw rows.
@@ -114,7 +116,6 @@ def run_pool(mode: Mode, *, gpus: int = 4, curve: Sequence[tuple[float, float]] 
 
     from labkit import store
     from labkit.elastic_training import InferenceFirst, read_progress, train_elastic
-    from labkit.ray_runtime import LOOPBACK, free_port, init_ray
 
     split = plan(mode, gpus)
     loadtest.phased_arrivals(curve)  # a bad curve fails here, before anything starts
@@ -142,7 +143,7 @@ def run_pool(mode: Mode, *, gpus: int = 4, curve: Sequence[tuple[float, float]] 
             serve.start(proxy_location="HeadOnly", http_options={"host": LOOPBACK, "port": port})
             if mode == "shared":  # before training asks: ties go to whoever asked first
                 arbiter = InferenceFirst({DEPLOYMENT: {"CPU": 0, "GPU": 1}}, poll_s=0.5).start()
-            serve.run(inference_app(replicas=split["inference"], service_s=service_s,
+            serve.run(inference_app(replicas=split["inference"], service_s=service_s, upscale_delay_s=upscale_delay_s,
                                     downscale_delay_s=downscale_delay_s), name="inference", route_prefix="/")
             low, high = split["training"]
             trained: dict = {}
