@@ -14,7 +14,7 @@ Example:
     >>> from labkit.device_sharing import measure_sharing
     >>> result = measure_sharing(seconds=5)                          # doctest: +SKIP
     >>> result["together_tokens_per_s"], result["alone_tokens_per_s"]  # doctest: +SKIP
-    ([11.9, 12.2], 24.5)
+    ([11.5, 11.5], 24.5)
 """
 
 from __future__ import annotations
