@@ -16,6 +16,8 @@ INSTALLER ?= uv
 PROFILE ?=
 # Non-empty runs the notebooks with small settings (what CI does).
 SMOKE ?=
+# zh (中文) or en: the labs' language for `make lab` / `make run`; empty: lab shows both folders, run runs en.
+LAB_LANG ?=
 # Extra arguments for `jupyter lab`, e.g. LAB_ARGS="--no-browser --ServerApp.port=8899".
 LAB_ARGS ?=
 # A file to write the seconds of each set-up step to (benchmarks/bench_setup.py uses it).
@@ -48,9 +50,9 @@ models: setup
 	$(BIN)/labkit models pull $(profile_flag)
 
 lab: models
-	-$(BIN)/labkit doctor $(profile_flag)
+	-$(BIN)/labkit doctor $(profile_flag) $(if $(LAB_LANG),--lang $(LAB_LANG))
 	@if [ "$$(id -u)" = 0 ]; then echo "labkit: running as root, so JupyterLab gets --allow-root (fine in a container or a rented VM; on a shared machine use a normal account)"; fi
-	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=notebooks \
+	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=notebooks$(if $(LAB_LANG),/$(LAB_LANG)) \
 		$(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 checkov: $(CHECKOV_VENV)/.installed
@@ -64,7 +66,8 @@ test: models checkov
 	LABKIT_CHECKOV=$(CHECKOV_VENV)/bin/checkov $(BIN)/pytest
 
 run: models
-	$(BIN)/labkit run-notebooks $(profile_flag) $(if $(SMOKE),--smoke) --output-dir runs/notebooks
+	$(BIN)/labkit run-notebooks $(profile_flag) $(if $(SMOKE),--smoke) $(if $(LAB_LANG),--lang $(LAB_LANG)) \
+		--output-dir runs/notebooks$(if $(LAB_LANG),/$(LAB_LANG))
 
 bench: models
 	$(BIN)/python benchmarks/bench_foundation.py

@@ -31,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("doctor", help="check this machine is ready for the labs")
     d.add_argument("--profile", choices=["cpu", "gpu"])
     d.add_argument("--json", action="store_true", help="machine-readable output")
+    d.add_argument("--lang", choices=["en", "zh"],
+                   help="language of the findings (default: LABKIT_LANG, else the locale)")
     d.set_defaults(func=_doctor)
 
     m = sub.add_parser("models", help="list, pull and verify models in the store")
@@ -189,13 +191,21 @@ def _parser() -> argparse.ArgumentParser:
     add_commands(sub)
 
     r = sub.add_parser("run-notebooks", help="execute the labs headless and write a report")
-    r.add_argument("notebooks", nargs="*", type=Path, help="default: every notebook in notebooks/")
+    r.add_argument("notebooks", nargs="*", type=Path, help="default: every lab in notebooks/<lang>/")
+    r.add_argument("--lang", choices=["en", "zh"], default="en", help="which language's labs run by default")
     r.add_argument("--profile", choices=["cpu", "gpu"])
     r.add_argument("--smoke", action="store_true", help="small, fast settings (what CI uses)")
     r.add_argument("--output-dir", type=Path, default=Path("runs/notebooks"))
     r.add_argument("--kernel", default="labkit")
     r.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell")
     r.set_defaults(func=_run_notebooks)
+
+    tl = sub.add_parser("translate", help="the Chinese labs: refresh catalogues, build notebooks/zh, check parity")
+    tl.add_argument("action", choices=["update", "build", "check"],
+                    help="update: add new English text to notebooks/i18n/zh/*.yaml; build: write notebooks/zh; "
+                         "check: fail if a Chinese lab is missing, stale or not parallel to its source")
+    tl.add_argument("labs", nargs="*", help="lab names or paths (default: every lab in notebooks/en)")
+    tl.set_defaults(func=_translate)
     return p
 
 
@@ -228,7 +238,9 @@ def _estimate(args) -> int:
 
 def _doctor(args) -> int:
     from labkit.doctor import as_json, blocking, format_table, run_checks
+    from labkit.i18n import set_language
 
+    set_language(args.lang)
     checks = run_checks(args.profile)
     print(json.dumps(as_json(checks), indent=2) if args.json else format_table(checks))
     return 1 if blocking(checks) else 0
@@ -527,11 +539,31 @@ def _serve_bench(args) -> int:
 def _run_notebooks(args) -> int:
     from labkit.notebooks import run_notebooks
 
-    summary = run_notebooks(args.notebooks or None, profile=args.profile, smoke=args.smoke,
+    summary = run_notebooks(args.notebooks or None, lang=args.lang, profile=args.profile, smoke=args.smoke,
                             output_dir=args.output_dir, kernel=args.kernel, timeout=args.timeout)
     print(summary.to_markdown())
     print(f"report: {args.output_dir / 'summary.md'}")
     return 0 if summary.ok else 1
+
+
+def _translate(args) -> int:
+    from labkit.bilingual import all_labs, build, check_lab, lab_paths, update_catalog
+
+    labs = [lab_paths(name) for name in args.labs] if args.labs else all_labs()
+    failed = 0
+    for lab in labs:
+        if args.action == "update":
+            n = update_catalog(lab.en, lab.catalog)
+            print(f"{lab.catalog.name}: {n['translated']} translated, {n['missing']} to translate, "
+                  f"{n['dropped']} no longer used")
+        elif args.action == "build":
+            build(lab.en, write=True)
+            print(f"wrote {lab.zh}")
+        else:
+            problems = check_lab(lab)
+            failed += bool(problems)
+            print(f"{lab.en.stem}: " + ("ok" if not problems else "\n  ".join(["NOT OK", *problems])))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -21,9 +21,11 @@ from pathlib import Path
 KERNEL = "labkit"
 
 
-def notebooks_dir() -> Path:
-    """The repo's ``notebooks/`` (labkit is installed editable from the repo)."""
-    return Path(__file__).resolve().parent.parent / "notebooks"
+def notebooks_dir(lang: str = "en") -> Path:
+    """The repo's ``notebooks/<lang>/`` (labkit is installed editable from the repo)."""
+    from labkit.i18n import check_language
+
+    return Path(__file__).resolve().parent.parent / "notebooks" / check_language(lang)
 
 
 def find_notebooks(folder: Path | None = None) -> list[Path]:
@@ -61,10 +63,11 @@ class RunSummary:
         return "\n".join(lines) + "\n"
 
 
-def run_notebooks(paths: list[Path] | None = None, *, profile: str | None = None, smoke: bool = False,
+def run_notebooks(paths: list[Path] | None = None, *, lang: str = "en", profile: str | None = None,
+                  smoke: bool = False,
                   output_dir: Path = Path("runs/notebooks"), kernel: str = KERNEL,
                   timeout: int = 1800, progress: bool = True) -> RunSummary:
-    """Execute notebooks in order (all of ``notebooks/`` by default); never stops at the first failure."""
+    """Execute notebooks in order (all of ``notebooks/<lang>/`` by default); never stops at the first failure."""
     import papermill
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
@@ -76,9 +79,9 @@ def run_notebooks(paths: list[Path] | None = None, *, profile: str | None = None
     except NoSuchKernel:
         raise RuntimeError(f"no Jupyter kernel named {kernel!r}: run `make setup`, or "
                            f"`python -m ipykernel install --sys-prefix --name {kernel}`") from None
-    paths = [Path(p) for p in paths] if paths else find_notebooks()
+    paths = [Path(p) for p in paths] if paths else find_notebooks(notebooks_dir(lang))
     if not paths:
-        raise FileNotFoundError(f"no notebooks found under {notebooks_dir()}")
+        raise FileNotFoundError(f"no notebooks found under {notebooks_dir(lang)}")
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"notebook(s) not found: {', '.join(missing)}")
@@ -95,6 +98,8 @@ def run_notebooks(paths: list[Path] | None = None, *, profile: str | None = None
             papermill.execute_notebook(
                 str(nb), str(out), parameters={"profile": profile, "smoke": smoke}, kernel_name=kernel,
                 cwd=str(nb.parent), progress_bar=progress, execution_timeout=timeout,
+                # A cell past its time is interrupted, so its traceback (where it hung) is in the report.
+                interrupt_on_timeout=True,
             )
         except Exception as exc:  # a failed notebook is recorded; the others still run
             error = f"{type(exc).__name__}: {exc}"
