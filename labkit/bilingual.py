@@ -57,7 +57,7 @@ def lab_paths(name_or_path: str | Path, root: Path | None = None) -> LabPaths:
 
 def all_labs(root: Path | None = None) -> list[LabPaths]:
     root = root or notebooks_root()
-    return [lab_paths(p, root) for p in sorted((root / "en").glob("[0-9][0-9]_*.ipynb"))]
+    return [lab_paths(p, root) for p in sorted((root / "en").glob("[0-9][0-9]*_*.ipynb"))]
 
 
 class TranslationError(ValueError):

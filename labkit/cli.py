@@ -35,6 +35,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="language of the findings (default: LABKIT_LANG, else the locale)")
     d.set_defaults(func=_doctor)
 
+    pf = sub.add_parser("preflight", help="the first hour's check: doctor, models, a sentence, an image, Ray; "
+                                          "ends with 'ready' or what to fix")
+    pf.add_argument("--profile", choices=["cpu", "gpu"])
+    pf.add_argument("--quick", action="store_true", help="fewer tokens and denoising steps")
+    pf.add_argument("--json", action="store_true", help="machine-readable output")
+    pf.add_argument("--lang", choices=["en", "zh"],
+                    help="language of the report (default: LABKIT_LANG, else the locale)")
+    pf.set_defaults(func=_preflight)
+
     m = sub.add_parser("models", help="list, pull and verify models in the store")
     msub = m.add_subparsers(metavar="ACTION")
     ml = msub.add_parser("list", help="models the kit knows and whether they are pulled")
@@ -198,6 +207,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--output-dir", type=Path, default=Path("runs/notebooks"))
     r.add_argument("--kernel", default="labkit")
     r.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell")
+    r.add_argument("--probe-exercises", action="store_true",
+                   help="also feed each exercise's recorded wrong answers to its check (what the tests do)")
     r.set_defaults(func=_run_notebooks)
 
     tl = sub.add_parser("translate", help="the Chinese labs: refresh catalogues, build notebooks/zh, check parity")
@@ -244,6 +255,16 @@ def _doctor(args) -> int:
     checks = run_checks(args.profile)
     print(json.dumps(as_json(checks), indent=2) if args.json else format_table(checks))
     return 1 if blocking(checks) else 0
+
+
+def _preflight(args) -> int:
+    from labkit.i18n import set_language
+    from labkit.preflight import run_preflight
+
+    set_language(args.lang)
+    report = run_preflight(args.profile, quick=args.quick)
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.table() + "\n\n" + report.verdict())
+    return 0 if report.ready else 1
 
 
 def _models_list(args) -> int:
@@ -540,7 +561,8 @@ def _run_notebooks(args) -> int:
     from labkit.notebooks import run_notebooks
 
     summary = run_notebooks(args.notebooks or None, lang=args.lang, profile=args.profile, smoke=args.smoke,
-                            output_dir=args.output_dir, kernel=args.kernel, timeout=args.timeout)
+                            output_dir=args.output_dir, kernel=args.kernel, timeout=args.timeout,
+                            probe_exercises=args.probe_exercises)
     print(summary.to_markdown())
     print(f"report: {args.output_dir / 'summary.md'}")
     return 0 if summary.ok else 1

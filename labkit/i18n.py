@@ -49,11 +49,10 @@ def language_from_environment() -> str:
     return "en"
 
 
-def set_language(lang: str | None) -> str:
+def set_language(lang: str | None) -> None:
     """Speak ``lang`` from now on in this process (``None``: back to the environment's choice)."""
     global _chosen
     _chosen = check_language(lang) if lang is not None else None
-    return language()
 
 
 def language() -> str:

@@ -14,9 +14,12 @@ Example:
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import nbformat
 
 KERNEL = "labkit"
 
@@ -66,8 +69,12 @@ class RunSummary:
 def run_notebooks(paths: list[Path] | None = None, *, lang: str = "en", profile: str | None = None,
                   smoke: bool = False,
                   output_dir: Path = Path("runs/notebooks"), kernel: str = KERNEL,
-                  timeout: int = 1800, progress: bool = True) -> RunSummary:
-    """Execute notebooks in order (all of ``notebooks/<lang>/`` by default); never stops at the first failure."""
+                  timeout: int = 1800, progress: bool = True, probe_exercises: bool = False) -> RunSummary:
+    """Execute notebooks in order (all of ``notebooks/<lang>/`` by default); never stops at the first failure.
+
+    ``probe_exercises=True`` also feeds each exercise's recorded wrong answers to its check after
+    the solution cell (see ``labkit.exercises``), in the same execution.
+    """
     import papermill
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
@@ -95,8 +102,12 @@ def run_notebooks(paths: list[Path] | None = None, *, lang: str = "en", profile:
         t0 = time.perf_counter()
         error = ""
         try:
+            source = str(nb)
+            if probe_exercises:
+                source = str(output_dir / f".probed-{nb.name}")
+                nbformat.write(with_probes(nbformat.read(nb, as_version=4)), source)
             papermill.execute_notebook(
-                str(nb), str(out), parameters={"profile": profile, "smoke": smoke}, kernel_name=kernel,
+                source, str(out), parameters={"profile": profile, "smoke": smoke}, kernel_name=kernel,
                 cwd=str(nb.parent), progress_bar=progress, execution_timeout=timeout,
                 # A cell past its time is interrupted, so its traceback (where it hung) is in the report.
                 interrupt_on_timeout=True,
@@ -112,3 +123,28 @@ def run_notebooks(paths: list[Path] | None = None, *, lang: str = "en", profile:
         indent=2))
     (output_dir / "summary.md").write_text(summary.to_markdown())
     return summary
+
+
+def with_probes(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """``nb`` with a cell after each solution that calls ``must_fail`` on its recorded wrong answers.
+
+    Raises ValueError for a solution cell that records no wrong answer or names no exercise.
+    """
+    cells = []
+    for cell in nb.cells:
+        cells.append(cell)
+        if cell.cell_type != "code" or "solution" not in cell.metadata.get("tags", []):
+            continue
+        names = re.findall(r"""check\(\s*["']([^"']+)["']""", cell.source)
+        wrong = cell.metadata.get("labkit", {}).get("wrong_answers", [])
+        if len(set(names)) != 1 or not wrong:
+            raise ValueError(f"a solution cell must check exactly one exercise and record wrong answers in its "
+                             f"metadata (labkit.wrong_answers); found exercises {names} and {len(wrong)} wrong "
+                             f"answers:\n{cell.source[:300]}")
+        probe = nbformat.v4.new_code_cell("from labkit.exercises import must_fail\n\n" + "\n".join(
+            f"must_fail({names[0]!r}, {answer})" for answer in wrong))
+        probe.metadata["tags"] = ["probe"]
+        cells.append(probe)
+    out = nbformat.from_dict(nb)
+    out.cells = cells
+    return out

@@ -26,3 +26,21 @@ def test_strict_mode_raises_for_solutions():
         check("s", 1, expected=2, strict=True)
     with pytest.raises(AssertionError, match="not answered"):
         check("s", None, expected=2, strict=True)
+
+
+def test_a_solution_is_judged_by_the_rule_its_exercise_registered(capsys):
+    from labkit.exercises import must_fail
+
+    check("r.sum", ..., expected=4, rel_tol=0.1, hint="add them")
+    assert check("r.sum", 4.3, strict=True)  # within the exercise's own 10 %
+    with pytest.raises(AssertionError, match="no longer passes"):
+        check("r.sum", 5, strict=True)
+    must_fail("r.sum", 3)
+    with pytest.raises(AssertionError, match="accepts the wrong answer 4.2"):
+        must_fail("r.sum", 4.2)
+    assert "🧪 r.sum: a wrong answer (3) is refused" in capsys.readouterr().out
+
+
+def test_a_solution_without_its_exercise_cell_says_what_to_run():
+    with pytest.raises(ValueError, match="run its exercise cell"):
+        check("never.registered", 1, strict=True)
