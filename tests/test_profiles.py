@@ -66,3 +66,17 @@ def test_cpu_choice_follows_the_measured_matmul_speed(monkeypatch):
     chosen = profiles.pick_device_dtype("cpu").dtype
     faster = bf16_ms is not None and bf16_ms < 0.9 * fp32_ms
     assert chosen == (torch.bfloat16 if faster else torch.float32)
+
+
+def test_a_chinese_chat_model_replaces_the_profiles_own_when_asked(monkeypatch):
+    monkeypatch.delenv("LABKIT_CHAT_MODEL", raising=False)
+    assert profiles.model_for("chat", "cpu").languages == ("en",)
+    monkeypatch.setenv("LABKIT_CHAT_MODEL", "qwen2.5-0.5b-instruct")
+    for profile in profiles.PROFILES:
+        spec = profiles.model_for("chat", profile)
+        assert spec.name == "qwen2.5-0.5b-instruct" and "zh" in spec.languages and spec.modelscope_id
+        assert spec in profiles.models_for_profile(profile), "labkit models pull fetches it"
+    assert profiles.model_for("image", "cpu").name == "shapes-t2i-tiny", "only the chat model changes"
+    monkeypatch.setenv("LABKIT_CHAT_MODEL", "shapes-t2i-tiny")
+    with pytest.raises(ValueError, match="not a chat model.*qwen2.5-0.5b-instruct.*unset it"):
+        profiles.model_for("chat", "cpu")

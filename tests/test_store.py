@@ -104,7 +104,18 @@ def test_offline_without_any_source_explains_every_attempt(isolated_home):
     cli = run_cli("models", "pull", "qwen2.5-1.5b-instruct")  # fresh process: the empty HF_HOME applies
     assert cli.returncode == 2
     assert "HF_HUB_OFFLINE" in cli.stderr and "no PyPI source" in cli.stderr
+    if not store.modelscope_installed():  # the kit's own environment: ModelScope is an extra
+        assert "pip install modelscope" in cli.stderr
     assert not (isolated_home / "models" / "qwen2.5-1.5b-instruct").exists()
+
+
+@pytest.mark.skipif(store.modelscope_installed(), reason="checks the advice given without the client")
+def test_modelscope_without_its_client_says_how_to_install_it(isolated_home):
+    cli = run_cli("models", "pull", "qwen2.5-0.5b-instruct", "--source", "modelscope")
+    assert cli.returncode == 2 and "pip install modelscope" in cli.stderr
+    assert not (isolated_home / "models" / "qwen2.5-0.5b-instruct").exists()
+    cli = run_cli("models", "pull", "smollm2-135m-instruct", "--source", "modelscope")
+    assert cli.returncode == 2 and "not on ModelScope" in cli.stderr
 
 
 def test_offline_pull_uses_a_copy_already_in_the_hf_cache(isolated_home, tmp_path):
@@ -157,7 +168,7 @@ def test_hub_reachability_follows_hf_endpoint_and_offline_mode(monkeypatch):
 
 
 def test_unknown_source_and_model_are_clear_errors(isolated_home):
-    with pytest.raises(ValueError, match="auto, hub or pypi"):
+    with pytest.raises(ValueError, match="auto, hub, modelscope, pypi"):
         store.pull(NAME, source="ftp")
     cli = run_cli("models", "pull", "no-such-model")
     assert cli.returncode == 2 and "known models" in cli.stderr
