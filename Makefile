@@ -32,7 +32,7 @@ setup_env = -m labkit.setup_env
 # checkov (manifest and Terraform checks) conflicts with the kit's dependencies: own virtualenv, own lock.
 CHECKOV_VENV ?= .venv-checkov
 
-.PHONY: setup sync models lab test run bench lint checkov lock lock-refresh canary clean
+.PHONY: setup sync models lab test run bench lint checkov lock lock-refresh canary clean slides slide-tools
 
 setup: $(VENV)/.labkit-installed
 
@@ -61,7 +61,21 @@ $(CHECKOV_VENV)/.installed: lock/checkov.txt | setup
 	$(BIN)/python $(setup_env) tool --venv $(CHECKOV_VENV) --lock lock/checkov.txt
 	touch $@
 
-test: models checkov
+# The decks' tools from npm (Marp, Mermaid's CLI, the Noto Sans SC web font), exactly as
+# slides/package-lock.json pins them; Chromium (Debian: apt-get install chromium) draws the PDFs.
+slides/node_modules/.installed: slides/package.json slides/package-lock.json
+	cd slides && PUPPETEER_SKIP_DOWNLOAD=1 npm ci --no-audit --no-fund
+	touch $@
+
+slide-tools:
+	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory slides/node_modules/.installed; \
+	else echo "labkit: no npm here, so the decks cannot be built (their tests skip): install Node.js 18 or newer"; fi
+
+# Every deck in both languages: build/slides/<en|zh>/<deck>.html and .pdf
+slides: setup slide-tools
+	$(BIN)/labkit slides build
+
+test: models checkov slide-tools
 	$(BIN)/ruff check .
 	LABKIT_CHECKOV=$(CHECKOV_VENV)/bin/checkov $(BIN)/pytest
 

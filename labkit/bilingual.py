@@ -116,12 +116,17 @@ def read_catalog(path: Path) -> dict[str, str]:
 def update_catalog(en_path: Path, catalog: Path) -> dict[str, int]:
     """Rewrite ``catalog`` to hold exactly this notebook's texts, keeping every translation that
     still matches its English; returns counts of ``translated``, ``missing`` and ``dropped``."""
-    known = read_catalog(catalog)
-    wanted = texts(nbformat.read(en_path, as_version=4))
-    entries = [{"en": _Literal(t), "zh": _Literal(known[_norm(t)]) if _norm(t) in known else None} for t in wanted]
-    catalog.parent.mkdir(parents=True, exist_ok=True)
     header = (f"# Chinese text of notebooks/en/{en_path.name}. Fill in each empty `zh`; keep the English\n"
               "# term beside the Chinese one on first use (批处理 batch). Then: labkit translate build\n")
+    return write_catalog(catalog, texts(nbformat.read(en_path, as_version=4)), header=header)
+
+
+def write_catalog(catalog: Path, wanted: list[str], *, header: str) -> dict[str, int]:
+    """Rewrite ``catalog`` to hold exactly the texts ``wanted``, in order, keeping each translation
+    that still matches its English (the slides' catalogues use it too)."""
+    known = read_catalog(catalog)
+    entries = [{"en": _Literal(t), "zh": _Literal(known[_norm(t)]) if _norm(t) in known else None} for t in wanted]
+    catalog.parent.mkdir(parents=True, exist_ok=True)
     catalog.write_text(header + yaml.safe_dump(entries, allow_unicode=True, sort_keys=False, width=110),
                        encoding="utf-8")
     kept = {_norm(t) for t in wanted}

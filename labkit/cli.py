@@ -218,6 +218,17 @@ def _parser() -> argparse.ArgumentParser:
                          "check: fail if a Chinese lab is missing, stale or not parallel to its source")
     tl.add_argument("labs", nargs="*", help="lab names or paths (default: every lab in notebooks/en)")
     tl.set_defaults(func=_translate)
+
+    sl = sub.add_parser("slides", help="the decks: build HTML and PDF in both languages, refresh or check catalogues")
+    sl.add_argument("action", choices=["build", "update", "check", "figure"],
+                    help="build: build/slides/<lang>/<deck>.html and .pdf (after `make slides` installed the "
+                         "tools); update: add new English text to slides/i18n/zh/*.yaml; check: fail if a deck "
+                         "is untranslated, not parallel or names an unknown figure; figure: draw the named figures")
+    sl.add_argument("names", nargs="*", help="decks (or, for figure, figure names); default: every deck")
+    sl.add_argument("--lang", choices=["en", "zh"], help="build one language only")
+    sl.add_argument("--no-pdf", action="store_true", help="HTML only (the PDFs need Chromium)")
+    sl.add_argument("--out", type=Path, default=Path("build/slides"), help="where the built decks go")
+    sl.set_defaults(func=_slides)
     return p
 
 
@@ -587,6 +598,39 @@ def _translate(args) -> int:
             failed += bool(problems)
             print(f"{lab.en.stem}: " + ("ok" if not problems else "\n  ".join(["NOT OK", *problems])))
     return 1 if failed else 0
+
+
+def _slides(args) -> int:
+    from labkit import slides
+
+    if args.action == "figure":
+        from labkit.slide_figures import figure
+
+        for name in args.names:
+            fig = figure(name)
+            if fig.kind != "kit":
+                print(f"{name}: a {fig.kind} figure, made by {fig.command}")
+                continue
+            args.out.mkdir(parents=True, exist_ok=True)
+            fig.make(args.out / f"{name}.png")
+            print(f"wrote {args.out / name}.png")
+        return 0
+    if args.action == "build":
+        langs = (args.lang,) if args.lang else slides.LANGS
+        for path in slides.build(args.names or None, langs=langs, out_dir=args.out, pdf=not args.no_pdf):
+            print(f"wrote {path}")
+        return 0
+    decks = [slides.deck_paths(n) for n in args.names] if args.names else slides.all_decks()
+    if args.action == "update":
+        for paths in decks:
+            n = slides.update_catalog(paths)
+            print(f"{paths.catalog.name}: {n['translated']} translated, {n['missing']} to translate, "
+                  f"{n['dropped']} no longer used")
+        return 0
+    problems = {k: v for k, v in slides.check_all().items() if not args.names or k in args.names}
+    for name, found in problems.items():
+        print(f"{name}: " + ("ok" if not found else "\n  ".join(["NOT OK", *found])))
+    return 1 if any(problems.values()) else 0
 
 
 if __name__ == "__main__":

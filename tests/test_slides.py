@@ -1,0 +1,196 @@
+"""The decks: parallel in both languages, built by the real tools, opened in a real browser.
+
+The build needs the npm tools (`make slides` installs them into slides/node_modules) and Debian's
+Chromium; the browser checks need chromedriver too. Each missing piece skips with the command
+that installs it. Screenshots of every deck's first slide go to build/slides/screenshots for review.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from labkit import slides
+from labkit.bilingual import TranslationError
+from labkit.slide_figures import FIGURES
+
+REPO = Path(__file__).resolve().parent.parent
+DECKS = [p.en.stem for p in slides.all_decks()]
+
+
+def test_every_deck_is_translated_parallel_and_timed():
+    problems = slides.check_all()
+    assert set(problems) == set(DECKS)
+    assert not any(problems.values()), {k: v for k, v in problems.items() if v}
+    for name in DECKS:
+        en, zh = slides.deck(name, "en"), slides.deck(name, "zh")
+        assert len(en.slides) == len(zh.slides) and en.figures() == zh.figures()
+        assert sum(en.minutes()) >= 5, f"{name}: its sections add up to {sum(en.minutes())} minutes"
+        assert re.search(r"[\u4e00-\u9fff]", zh.title), f"{name}: the Chinese title has no Chinese"
+
+
+def test_parity_refuses_a_dropped_slide_a_moved_figure_and_changed_minutes(tmp_path):
+    en = slides.deck("10_elastic_pools", "en")
+    zh = slides.deck("10_elastic_pools", "zh")
+    assert slides.check_parity(en, zh) == []
+    fewer = slides.Deck(zh.name, zh.front, zh.slides[:-1])
+    assert "slides in English" in slides.check_parity(en, fewer)[0]
+    fig = next(i for i, s in enumerate(zh.slides) if "figure:" in s)
+    moved = slides.Deck(zh.name, zh.front, [s.replace("figure:pool_day", "figure:scheduling") for s in zh.slides])
+    assert any(f"slide {fig + 1}: figures differ" in p for p in slides.check_parity(en, moved))
+    retimed = slides.Deck(zh.name, zh.front, [re.sub(r"minutes: \d+", "minutes: 9", s) for s in zh.slides])
+    assert any("minutes differ" in p for p in slides.check_parity(en, retimed))
+
+
+def test_an_untranslated_slide_is_named_with_the_command_that_fixes_it(tmp_path):
+    root = tmp_path / "slides"
+    (root / "en").mkdir(parents=True)
+    (root / "i18n" / "zh").mkdir(parents=True)
+    shutil.copy(slides.deck_paths("06_ray_serve").en, root / "en")
+    shutil.copy(slides.deck_paths("06_ray_serve").catalog, root / "i18n" / "zh")
+    text = (root / "en" / "06_ray_serve.md").read_text(encoding="utf-8")
+    (root / "en" / "06_ray_serve.md").write_text(text.replace("## Dynamic batching", "## Batching, dynamically"),
+                                                 encoding="utf-8")
+    with pytest.raises(TranslationError, match=r"1 text\(s\).*Batching, dynamically.*labkit slides update"):
+        slides.deck("06_ray_serve", "zh", root)
+    counts = slides.update_catalog(slides.deck_paths("06_ray_serve", root))
+    assert counts["missing"] == 1 and counts["dropped"] == 1
+
+
+def test_every_figure_a_deck_names_exists_and_says_what_made_it():
+    used = {f for name in DECKS for f in slides.deck(name).figures()}
+    assert used <= set(FIGURES)
+    for name in used:
+        fig = FIGURES[name]
+        assert fig.command
+        assert fig.make is not None if fig.kind == "kit" else fig.source.is_file(), name
+    with pytest.raises(KeyError, match="the decks can use"):
+        slides.figure("no_such_figure")
+
+
+def test_the_font_rules_cover_the_characters_and_nothing_far_from_them():
+    modules = _tools()
+    latin = slides.font_faces("Ray", modules, weights=(400,))
+    chinese = slides.font_faces("Ray 弹性资源池", modules, weights=(400,))
+    assert latin.count("@font-face") >= 1
+    assert chinese.count("@font-face") > latin.count("@font-face")
+    assert "data:font/woff2;base64," in chinese and "url(./" not in chinese and "http" not in chinese
+
+
+# --- the real build and the real browser ------------------------------------------------------------
+
+def _tools() -> Path:
+    try:
+        return slides.tools_dir()
+    except slides.SlidesError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    _tools()
+    try:
+        slides.chromium()
+    except slides.SlidesError as exc:
+        pytest.skip(str(exc))
+    out = tmp_path_factory.mktemp("slides")
+    slides.build(out_dir=out)
+    return out
+
+
+def test_each_pdf_has_one_page_per_slide(built):
+    from pypdf import PdfReader
+
+    for lang in slides.LANGS:
+        for name in DECKS:
+            pages = len(PdfReader(built / lang / f"{name}.pdf").pages)
+            assert pages == len(slides.deck(name, lang).slides), f"{lang}/{name}.pdf: {pages} pages"
+
+
+def test_each_deck_html_is_self_contained(built):
+    for lang in slides.LANGS:
+        for name in DECKS:
+            html = (built / lang / f"{name}.html").read_text(encoding="utf-8")
+            fetched = re.findall(r"""(?:src|href)=["'](https?:[^"']+)""", html)
+            fetched += re.findall(r"""url\(["']?(https?:[^)"']+)""", html)
+            assert not fetched, f"{lang}/{name}.html loads {fetched[:3]}"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chromedriver = shutil.which("chromedriver")
+    if not chromedriver:
+        pytest.skip("no chromedriver: apt-get install chromium-driver (Debian/Ubuntu)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = slides.chromium()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-default-apps", "--disable-sync",
+                 "--no-first-run", "--window-size=1280,720"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    yield driver
+    driver.quit()
+
+
+GLYPH_CHECK = """
+const done = arguments[arguments.length - 1];
+document.fonts.ready.then(async () => {
+  const chars = arguments[0];
+  const faces = await document.fonts.load('32px "Noto Sans SC"', chars);
+  const canvas = document.createElement('canvas').getContext('2d');
+  canvas.font = '32px "Noto Sans SC", labkit-no-fallback';
+  done({faces: faces.length, widths: [...chars].map(c => canvas.measureText(c).width),
+        checked: document.fonts.check('32px "Noto Sans SC"', chars),
+        slides: document.querySelectorAll('svg[data-marpit-svg] > foreignObject > section').length});
+});
+"""
+
+
+def test_each_deck_opens_in_chromium_with_its_slides_no_requests_out_no_errors_and_real_cjk_glyphs(built, browser):
+    shots = REPO / "build" / "slides" / "screenshots"
+    for lang in slides.LANGS:
+        (shots / lang).mkdir(parents=True, exist_ok=True)
+        for name in DECKS:
+            deck = slides.deck(name, lang)
+            browser.get_log("performance")   # forget the previous page's traffic
+            browser.get((built / lang / f"{name}.html").as_uri())
+            sample = "".join(dict.fromkeys(re.findall(r"[\u4e00-\u9fff]", deck.title)))[:4] or "Ray"
+            found = browser.execute_async_script(GLYPH_CHECK, sample)
+            assert found["slides"] == len(deck.slides), f"{lang}/{name}: {found['slides']} slides in the page"
+            assert found["faces"] >= 1 and found["checked"], f"{lang}/{name}: the bundled font did not load"
+            # a CJK glyph of Noto Sans SC is a full em wide (32 px at 32 px); with no CJK font the
+            # browser drew a fallback about 12 px wide here
+            least = 28 if lang == "zh" else 1
+            assert all(w >= least for w in found["widths"]), f"{lang}/{name}: glyphs of {sample!r}: {found['widths']}"
+            requests = [json.loads(e["message"])["message"] for e in browser.get_log("performance")]
+            urls = [m["params"]["request"]["url"] for m in requests if m["method"] == "Network.requestWillBeSent"]
+            outside = [u for u in urls if not u.startswith(("file:", "data:", "blob:", "about:"))]
+            assert not outside, f"{lang}/{name} asked the network for {outside[:3]}"
+            errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+            assert not errors, f"{lang}/{name}: console errors {errors[:3]}"
+            browser.save_screenshot(str(shots / lang / f"{name}.png"))
+            assert (shots / lang / f"{name}.png").stat().st_size > 5000
+
+
+def test_a_chinese_glyph_in_the_bundled_font_has_width():
+    """The font file itself, read with fontTools: the glyph for 池 exists and is not empty."""
+    from fontTools.ttLib import TTFont
+
+    modules = _tools()
+    rule = slides.font_faces("池", modules, weights=(400,)).split("@font-face")[-1]
+    ranges = re.search(r"unicode-range:([^;]+);", rule).group(1)
+    css = (modules / slides.FONT_PACKAGE / "400.css").read_text(encoding="utf-8")
+    woff = re.search(r"url\(\./files/([^)]+)\.woff2\)[^;]*;\s*unicode-range:\s*" + re.escape(ranges), css).group(1)
+    font = TTFont(io.BytesIO((modules / slides.FONT_PACKAGE / "files" / f"{woff}.woff").read_bytes()))
+    glyph = font.getBestCmap()[ord("池")]
+    width, _ = font["hmtx"][glyph]
+    assert width > 0 and font["glyf"][glyph].numberOfContours > 0
