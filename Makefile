@@ -32,7 +32,7 @@ setup_env = -m labkit.setup_env
 # checkov (manifest and Terraform checks) conflicts with the kit's dependencies: own virtualenv, own lock.
 CHECKOV_VENV ?= .venv-checkov
 
-.PHONY: setup sync models lab test run bench lint checkov lock lock-refresh canary clean slides slide-tools
+.PHONY: setup sync models lab test run bench lint checkov lock lock-refresh canary clean slides slide-tools site
 
 setup: $(VENV)/.labkit-installed
 
@@ -74,6 +74,11 @@ slide-tools:
 # Every deck in both languages: build/slides/<en|zh>/<deck>.html and .pdf
 slides: setup slide-tools
 	$(BIN)/labkit slides build
+
+# The course site in build/site: the agenda, every deck, the labs read-only (with the outputs the
+# last test run left in build/notebooks), the guides and the benchmarks. Works from file://.
+site: slides
+	$(BIN)/labkit site build
 
 test: models checkov slide-tools
 	$(BIN)/ruff check .

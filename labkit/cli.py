@@ -229,6 +229,15 @@ def _parser() -> argparse.ArgumentParser:
     sl.add_argument("--no-pdf", action="store_true", help="HTML only (the PDFs need Chromium)")
     sl.add_argument("--out", type=Path, default=Path("build/slides"), help="where the built decks go")
     sl.set_defaults(func=_slides)
+
+    st = sub.add_parser("site", help="the course site: agenda, decks, read-only labs, guides, benchmarks (build/site)")
+    st.add_argument("action", choices=["build"])
+    st.add_argument("--out", type=Path, default=Path("build/site"))
+    st.add_argument("--slides", type=Path, default=Path("build/slides"), help="a finished `labkit slides build`")
+    st.add_argument("--executed", type=Path, default=Path("build/notebooks"),
+                    help="executed labs (en/<lab>.ipynb) whose outputs the lab pages show; the notebook tests "
+                         "and `labkit run-notebooks --output-dir build/notebooks/en` leave them there")
+    st.set_defaults(func=_site)
     return p
 
 
@@ -598,6 +607,14 @@ def _translate(args) -> int:
             failed += bool(problems)
             print(f"{lab.en.stem}: " + ("ok" if not problems else "\n  ".join(["NOT OK", *problems])))
     return 1 if failed else 0
+
+
+def _site(args) -> int:
+    from labkit.site import build
+
+    front = build(out_dir=args.out, slides_dir=args.slides, executed=args.executed)
+    print(f"wrote {front} (open it in a browser; it works from file:// and from any static host)")
+    return 0
 
 
 def _slides(args) -> int:

@@ -198,22 +198,29 @@ def chromium() -> str:
     return found
 
 
-def font_faces(text: str, modules: Path, weights: tuple[int, ...] = (400, 700)) -> str:
-    """@font-face rules, fonts inline, for just the Unicode ranges of Noto Sans SC that ``text`` uses."""
+def font_chunks(text: str, modules: Path, weights: tuple[int, ...] = (400, 700)) -> list[tuple[int, Path, str]]:
+    """(weight, woff2 file, unicode-range) of each piece of Noto Sans SC that ``text`` needs."""
     used = {ord(ch) for ch in text}
-    rules = []
+    chunks = []
     for weight in weights:
         css = (modules / FONT_PACKAGE / f"{weight}.css").read_text(encoding="utf-8")
         for block in re.findall(r"@font-face\s*{(.*?)}", css, re.DOTALL):
             file = re.search(r"url\(\./files/([^)]+\.woff2)\)", block).group(1)
             ranges = re.search(r"unicode-range:\s*([^;]+);", block).group(1)
-            if not any(_in_range(cp, ranges) for cp in used):
-                continue
-            data = base64.b64encode((modules / FONT_PACKAGE / "files" / file).read_bytes()).decode()
-            rules.append(f"@font-face{{font-family:'Noto Sans SC';font-style:normal;font-weight:{weight};"
-                         f"font-display:block;src:url(data:font/woff2;base64,{data}) format('woff2');"
-                         f"unicode-range:{ranges};}}")
-    return "\n".join(rules)
+            if any(_in_range(cp, ranges) for cp in used):
+                chunks.append((weight, modules / FONT_PACKAGE / "files" / file, ranges))
+    return chunks
+
+
+def font_face(weight: int, src: str, ranges: str) -> str:
+    return (f"@font-face{{font-family:'Noto Sans SC';font-style:normal;font-weight:{weight};font-display:block;"
+            f"src:url({src}) format('woff2');unicode-range:{ranges};}}")
+
+
+def font_faces(text: str, modules: Path, weights: tuple[int, ...] = (400, 700)) -> str:
+    """@font-face rules, fonts inline, for just the Unicode ranges of Noto Sans SC that ``text`` uses."""
+    return "\n".join(font_face(w, "data:font/woff2;base64," + base64.b64encode(f.read_bytes()).decode(), r)
+                     for w, f, r in font_chunks(text, modules, weights))
 
 
 def _in_range(cp: int, ranges: str) -> bool:
