@@ -261,7 +261,7 @@ def render(deck: Deck, lang: str, figures_dir: Path) -> str:
 
 
 def make_figures(names: set[str], out: Path, modules: Path) -> None:
-    """Draw each figure once into ``out`` (kit figures by their code, diagrams by Mermaid)."""
+    """Draw each figure not yet in ``out`` (kit figures by their code, diagrams by Mermaid)."""
     out.mkdir(parents=True, exist_ok=True)
     for name in sorted(names):
         fig, png = figure(name), out / f"{name}.png"
@@ -303,6 +303,7 @@ def build(names: list[str] | None = None, *, langs: tuple[str, ...] = LANGS, out
     modules = tools_dir(root)
     names = names or [p.en.stem for p in all_decks(root)]
     out_dir = Path(out_dir)
+    shutil.rmtree(out_dir / "figures", ignore_errors=True)   # drawn afresh each build, shared by both languages
     built: list[Path] = []
     for lang in langs:
         decks = [deck(n, lang, root) for n in names]
