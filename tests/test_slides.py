@@ -1,4 +1,5 @@
-"""The decks: parallel in both languages, built by the real tools, opened in a real browser.
+"""The decks and the course site: parallel in both languages, built by the real tools, opened in a
+real browser (the site is built from the same decks, so it shares their build).
 
 The build needs the npm tools (`make slides` installs them into slides/node_modules) and Debian's
 Chromium; the browser checks need chromedriver too. Each missing piece skips with the command
