@@ -89,6 +89,43 @@ def _shapes_samples(path: Path) -> None:
     plt.close(fig)
 
 
+def _batching_timeline(path: Path) -> None:
+    """Rows busy at each decode step, static against continuous batching, for the same 24 replies.
+
+    Step counts only, not a measurement: 24 reply lengths from ``loadtest.heavy_tailed_lengths``
+    (the serving benchmark's traffic), 8 rows at a time, all waiting at step 0. Lab 08 draws the
+    same picture from the real engine.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from labkit.loadtest import heavy_tailed_lengths
+
+    lengths, rows = heavy_tailed_lengths(24, low=8, high=256, seed=0), 8
+    static: list[int] = []
+    for i in range(0, len(lengths), rows):  # a batch runs until its longest reply ends
+        batch = lengths[i:i + rows]
+        static += [sum(n > step for n in batch) for step in range(max(batch))]
+    continuous, left, waiting = [], [], list(lengths)
+    while waiting or left:  # a finished row's slot goes to the next waiting reply at once
+        while waiting and len(left) < rows:
+            left.append(waiting.pop(0))
+        continuous.append(len(left))
+        left = [n - 1 for n in left if n > 1]
+    fig, axes = plt.subplots(2, 1, figsize=(7.2, 3.4), sharex=True, sharey=True)
+    runs = ((axes[0], static, "static (@serve.batch)"), (axes[1], continuous, "continuous (the engine)"))
+    for ax, busy, name in runs:
+        ax.fill_between(range(len(busy)), busy, step="post", alpha=0.7)
+        ax.set_title(f"{name}: {len(busy)} steps, {sum(busy) / (rows * len(busy)):.0%} of rows busy", fontsize=9)
+        ax.set_ylabel("rows busy", fontsize=8)
+    axes[1].set_xlabel("decode step (24 replies, 8 rows, heavy-tailed lengths)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
 def _benchmark(name: str, command: str) -> Figure:
     return Figure(name, "benchmark", command, source=REPO / "docs" / "img" / f"{name}.png")
 
@@ -102,6 +139,8 @@ FIGURES: dict[str, Figure] = {f.name: f for f in [
     Figure("training_memory", "kit", "labkit slides figure training_memory (labkit.estimate)", make=_training_memory),
     Figure("shapes_samples", "kit", "labkit slides figure shapes_samples (the cpu profile's image model)",
            make=_shapes_samples),
+    Figure("batching_timeline", "kit", "labkit slides figure batching_timeline (loadtest.heavy_tailed_lengths)",
+           make=_batching_timeline),
     _benchmark("chat_languages", "benchmarks/bench_chat_languages.py --plot docs/img/chat_languages.png"),
     _benchmark("generate_roofline", "benchmarks/bench_generate.py"),
     _benchmark("scheduling", "benchmarks/bench_scheduling.py"),
