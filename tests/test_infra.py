@@ -150,7 +150,7 @@ def _settings(**overrides) -> dict:
         "gpu_image": "cr.example.com/labkit/workshop:0.1.0-ray2.60.0-py311-gpu",
         "labs_repo": "https://git.example.com/labkit", "labs_branch": "v0.1.0", "cpu_limit": 2,
         "memory_limit": "8G", "gpu_cpu_limit": 8, "gpu_memory_limit": "32G", "home_size": "10Gi",
-        "idle_timeout_minutes": 60, "placeholder_share": 0.2, "enable_gpu_profiles": True,
+        "idle_timeout_minutes": 60, "placeholder_share": 0.2, "doors_open": False, "enable_gpu_profiles": True,
         "enable_shared_gpu_profile": True, "shared_gpu_resource": "nvidia.com/gpu.shared",
         "system_node_selector": {"labkit/pool": "system"}, "gpu_node_selector": {"labkit/pool": "gpu"},
         "gpu_taint_key": "nvidia.com/gpu", "ray_namespace": "labkit", "ray_cluster_name": "room",
@@ -204,7 +204,8 @@ def test_jupyterhub_values_validate_against_the_chart_schema(tmp_path, z2jh_char
     schema, defaults = z2jh_chart
     cases = {"gpu-shared-password": _settings(),
              "cpu-native": _settings(auth_mode="native", enable_gpu_profiles=False, enable_shared_gpu_profile=False,
-                                     attendees=7, source_ranges=[], ray_gpu_workers_max=0)}
+                                     attendees=7, source_ranges=[], ray_gpu_workers_max=0),
+             "doors-open": _settings(doors_open=True, attendees=45)}
     for name, settings in cases.items():
         rendered = render(tmp_path / name, settings)
         values = yaml.safe_load(rendered["jupyterhub_values"])
@@ -216,7 +217,10 @@ def test_jupyterhub_values_validate_against_the_chart_schema(tmp_path, z2jh_char
         secrets = [k for k in _keys(values) if k in ("user_password", "admin_password", "password")]
         assert secrets == [], "passwords go in the release's set_sensitive, never in the values file"
         placeholders = values["scheduling"]["userPlaceholder"]["replicas"]
-        assert placeholders == -(-settings["attendees"] * 2 // 10)  # ceil(attendees * 0.2)
+        # the warm start: a placeholder per attendee while the doors open, a fifth of the room after
+        share = 10 if settings["doors_open"] else 2
+        assert placeholders == rendered["user_placeholders"] == -(-settings["attendees"] * share // 10)
+        assert values["scheduling"]["podPriority"]["enabled"] and values["prePuller"]["hook"]["enabled"]
         assert values["cull"]["enabled"] and values["cull"]["timeout"] == 3600
         assert values["prePuller"]["continuous"]["enabled"]
         profiles = values["singleuser"]["profileList"]
@@ -259,16 +263,29 @@ def _plan(root: Path, variables: dict) -> tuple[int, str]:
 
 def test_variable_validations_reject_bad_input(tmp_path):
     cluster = _variables_only(tmp_path, "modules/volcengine-cluster")
-    good = {"name": "labkit-bj", "kubernetes_version": "v1.30.1-vke.8", "zone_ids": ["cn-beijing-a"],
-            "ssh_key_pair_name": "k", "registry_name": "cr"}
+    good = {"name": "labkit-bj", "kubernetes_version": "1.30", "zone_ids": ["cn-beijing-a"],
+            "ssh_key_pair_name": "k", "registry_name": "cr", "nas_permission_group_id": "pgroup-0123abcd"}
     rc, out = _plan(cluster, good)
     assert rc == 0, out
-    for bad, message in [({"kubernetes_version": "1.30"}, "exact version"),
+    for bad, message in [({"kubernetes_version": "v1.30.1-vke.8"}, "minor version"),
+                         ({"nas_permission_group_id": "default"}, "permission group id"),
                          ({"gpu_nodes": {"min": 2, "max": 1, "desired": 1}}, "gpu_nodes"),
                          ({"name": "Labkit_BJ"}, "lower-case"),
                          ({"zone_ids": []}, "1 to 3 zones")]:
         rc, out = _plan(cluster, {**good, **bad})
         assert rc != 0 and message in out, (bad, out[-1500:])
+
+    env = _variables_only(tmp_path, "envs/volcengine")
+    good_env = {"name": "labkit-bj", "kubernetes_version": "1.30", "zone_ids": ["cn-beijing-a"],
+                "ssh_key_pair_name": "k", "registry_name": "cr", "nas_permission_group_id": "pgroup-0123abcd",
+                "attendees": 40, "workshop_image": "w:1", "workshop_gpu_image": "w:1-gpu", "labs_repo": "https://x"}
+    rc, out = _plan(env, good_env)
+    assert rc == 0, out
+    # 80 attendees need ceil(80 / 3) + 2 = 29 CPU nodes at the door; the default max is 24
+    rc, out = _plan(env, {**good_env, "attendees": 80})
+    assert rc != 0 and "too small for the room" in out, out[-1500:]
+    rc, out = _plan(env, {**good_env, "attendees": 80, "system_nodes": {"min": 2, "max": 29, "desired": 4}})
+    assert rc == 0, out
 
     platform = _variables_only(tmp_path, "modules/workshop-platform")
     good = {"attendees": 40, "workshop_image": "cr.example.com/labkit/workshop:0.1.0-ray2.60.0-py311",
@@ -319,62 +336,148 @@ def test_readmes_list_the_current_inputs_and_outputs():
                 assert all(f"| {unquote(name)} |" in readme for name in block)
 
 
-META_ARGUMENTS = {"count", "for_each", "depends_on", "lifecycle", "provider", "__is_block__", "__comments__"}
+META_ARGUMENTS = {"count", "for_each", "depends_on", "lifecycle", "provider", "__is_block__", "__comments__",
+                  "__inline_comments__"}
 
 
-def _documented_arguments(docs: Path) -> dict[str, set[str]]:
-    """Argument names per resource type from the provider's pages: the Argument Reference (with
-    its nested objects), plus the arguments that example configurations use for resources that
-    have no page of their own (volcengine_eip_associate, volcengine_nas_permission_group)."""
-    known: dict[str, set[str]] = {}
-    for page in docs.glob("*.md"):
-        text = page.read_text()
-        reference = text.split("## Argument Reference", 1)[1].split("## Attributes Reference", 1)[0]
-        known.setdefault(f"volcengine_{page.stem}", set()).update(re.findall(r"^\* `(\w+)`", reference, re.M))
-        for example in re.findall(r"```hcl\n(.*?)```", text, re.S):
-            for block in hcl2.loads(example).get("resource", []):
-                for rtype, named in block.items():
-                    rtype = unquote(rtype)
-                    if not (docs / f"{rtype.removeprefix('volcengine_')}.md").exists():
-                        for body in named.values():
-                            known.setdefault(rtype, set()).update(_argument_names(body))
-    return known
+def provider_schema(page: Path) -> dict[str, dict]:
+    """A tfplugindocs page (the Cloud Control provider's) as {path: {attribute: (section, type)}};
+    path "" is the resource, "a.b" the nested schema of attribute a's b. section is Required,
+    Optional or Read-Only; type as written, e.g. "String", "Attributes", "Attributes Set"."""
+    schema: dict[str, dict] = {}
+    text = page.read_text().split("## Schema", 1)[1].split("## Import", 1)[0]
+    path, section = "", "Optional"
+    for line in text.splitlines():
+        if m := re.match(r"### Nested Schema for `([\w.]+)`", line):
+            path = m[1]
+        elif m := re.match(r"(?:### )?(Required|Optional|Read-Only):?$", line.strip()):
+            section = m[1]
+        elif m := re.match(r"- `(\w+)` \(([^)]+)\)", line):
+            schema.setdefault(path, {})[m[1]] = (section, m[2])
+    return schema
 
 
-def _argument_names(body) -> set[str]:
-    """Every attribute and nested block name used in a resource body (dynamic blocks by label)."""
-    names = set()
-    for key, value in body.items():
-        if key in META_ARGUMENTS:
+def expression_objects(expr: str) -> list[dict]:
+    """The object constructors `{ a = .., b = { c = .. } }` written at the top of an HCL expression
+    that python-hcl2 leaves as a string (for expressions, conditionals): their keys, nested."""
+    objects, stack, key = [], [], None
+    expr = re.sub(r"^\$\{(.*)\}$", r"\1", expr, flags=re.S)
+    for token in re.finditer(r"\{|\}|(\w+)\s*=(?!=)|\"(?:[^\"\\]|\\.)*\"", expr):
+        if token[0] == "{":
+            child: dict = {}
+            if stack and key:
+                stack[-1][key] = child
+            elif not stack:
+                objects.append(child)
+            stack.append(child)
+            key = None
+        elif token[0] == "}":
+            stack.pop() if stack else None
+            key = None
+        elif token[1] and stack:
+            key = token[1]
+            stack[-1][key] = "<expression>"  # a scalar unless an object follows
+    return objects
+
+
+def _schema_problems(rtype: str, body, schema: dict, path: str, locals_: dict) -> list[str]:
+    """What in ``body`` (a resource body or a nested object at ``path``) the provider's page refuses."""
+    problems, fields = [], schema.get(path, {})
+    where = f"{rtype}{'.' + path if path else ''}"
+    for name, (section, kind) in fields.items():
+        if section == "Required" and name not in body:
+            problems.append(f"{where}: required `{name}` missing")
+    for name, value in body.items():
+        if name in META_ARGUMENTS or name.startswith("__"):
             continue
-        if key == "dynamic":
-            for dynamic in value:
-                for label, spec in dynamic.items():
-                    names.add(unquote(label))
-                    for content in spec.get("content", []):
-                        names |= _argument_names(content)
+        if name not in fields:
+            problems.append(f"{where}: `{name}` is not in the provider's documentation")
             continue
-        names.add(key)
-        for nested in value if isinstance(value, list) else []:
-            if isinstance(nested, dict):
-                names |= _argument_names(nested)
-    return names
+        section, kind = fields[name]
+        if section == "Read-Only":
+            problems.append(f"{where}: `{name}` is read-only")
+        if not kind.startswith("Attributes"):
+            if isinstance(value, dict):
+                problems.append(f"{where}: `{name}` is a {kind}, written as an object")
+            continue
+        child = f"{path}.{name}" if path else name
+        if isinstance(value, str) and (ref := re.fullmatch(r"\$\{local\.(\w+)\}", value)):
+            value = locals_.get(ref[1], value)
+        objects = expression_objects(value) if isinstance(value, str) else value
+        objects = objects if isinstance(objects, list) else [objects]
+        if kind == "Attributes" and isinstance(value, list):
+            problems.append(f"{where}: `{name}` is a single object, written as a list")
+        if kind != "Attributes" and isinstance(value, dict):
+            problems.append(f"{where}: `{name}` is a {kind}, written as one object")
+        for obj in objects:
+            if not isinstance(obj, dict):
+                continue
+            problems += _schema_problems(rtype, obj, schema, child, locals_)
+            if kind.endswith(("Set", "List")):  # the page: name every attribute of a set's objects
+                settable = {n for n, (s, _) in schema.get(child, {}).items() if s != "Read-Only"}
+                if missing := settable - set(obj):
+                    problems.append(f"{where}.{name}: objects must name all of {sorted(settable)}; "
+                                    f"missing {sorted(missing)} (null where unused)")
+    return problems
 
 
-def test_volcengine_arguments_match_the_provider_documentation():
+def _module_config(folder: Path) -> dict:
+    merged: dict = {}
+    for path in sorted(folder.glob("*.tf")):
+        for kind, items in hcl(path).items():
+            merged.setdefault(kind, []).extend(items)
+    return merged
+
+
+def test_cloud_control_arguments_match_the_provider_documentation():
+    """Every argument of the cluster module, its nesting, object-or-list shape, required arguments,
+    read-only ones, and every attribute the module reads from a resource, against the pages of
+    the volcenginecc provider (v0.0.53)."""
     from conftest import shared_dir
 
-    docs = shared_dir() / "reference" / "volcengine-provider-docs"
+    docs = shared_dir() / "reference" / "volcenginecc-provider-docs"
     if not docs.is_dir():
         pytest.skip(f"provider docs not found at {docs}: set LABKIT_SHARED")
-    known = _documented_arguments(docs)
-    used = 0
-    for block in hcl(TF / "modules" / "volcengine-cluster" / "main.tf")["resource"]:
+    folder = TF / "modules" / "volcengine-cluster"
+    config = _module_config(folder)
+    locals_ = {unquote(k): v for block in config.get("locals", []) for k, v in block.items()}
+    schemas, problems, used = {}, [], 0
+    for block in config["resource"]:
         for rtype, named in block.items():
             rtype = unquote(rtype)
-            assert rtype in known, f"{rtype}: no documentation to check it against"
-            for name, body in named.items():
-                unknown = _argument_names(body) - known[rtype]
-                assert not unknown, f"{rtype}.{unquote(name)} uses undocumented arguments {sorted(unknown)}"
+            assert rtype.startswith("volcenginecc_"), f"{rtype}: the module is on the Cloud Control provider only"
+            page = docs / f"{rtype.removeprefix('volcenginecc_')}.md"
+            assert page.exists(), f"{rtype}: no documentation page to check it against"
+            schemas[rtype] = provider_schema(page)
+            for body in named.values():
+                problems += _schema_problems(rtype, body, schemas[rtype], "", locals_)
                 used += 1
+    text = "\n".join(p.read_text() for p in folder.glob("*.tf"))
+    for rtype, attribute in set(re.findall(r"\b(volcenginecc_\w+)\.\w+(?:\[[^\]]+\])?\.(\w+)", text)):
+        if attribute not in {a for fields in schemas[rtype].values() for a in fields} | {"id"}:
+            problems.append(f"{rtype}.{attribute} is read but not documented")
+    assert problems == [], "\n".join(problems)
     assert used >= 15
+
+
+def test_the_documentation_check_catches_mistakes():
+    """The check above refuses a misspelt argument, a block where an attribute goes, a read-only
+    argument, a missing required one, an incomplete set object, and a list for a single object."""
+    from conftest import shared_dir
+
+    docs = shared_dir() / "reference" / "volcenginecc-provider-docs"
+    if not docs.is_dir():
+        pytest.skip(f"provider docs not found at {docs}: set LABKIT_SHARED")
+    schema = provider_schema(docs / "vke_node_pool.md")
+    good = {"cluster_id": "x", "auto_scaling": {"enabled": True, "max_replicas": 2},
+            "kubernetes_config": {"taints": "${[for t in x : {key = t.key, value = t.value, effect = t.effect}]}"}}
+    assert _schema_problems("pool", good, schema, "", {}) == []
+    for bad, expected in [({"cluster_id": "x", "auto_scaling": {"enable": True}}, "`enable` is not"),
+                          ({"cluster_id": "x", "node_statistics": {}}, "read-only"),
+                          ({"auto_scaling": {"enabled": True}}, "required `cluster_id`"),
+                          ({"cluster_id": "x", "kubernetes_config": {"taints": "${[for t in x : {key = t.key}]}"}},
+                           "missing ['effect', 'value']"),
+                          ({"cluster_id": "x", "auto_scaling": [{"enabled": True}]}, "written as a list"),
+                          ({"cluster_id": "x", "name": {"a": 1}}, "written as an object")]:
+        problems = _schema_problems("pool", bad, schema, "", {})
+        assert any(expected in p for p in problems), (bad, problems)

@@ -17,6 +17,7 @@ module "platform" {
   source = "../../modules/workshop-platform"
 
   attendees                 = var.attendees
+  doors_open                = var.doors_open
   auth_mode                 = var.auth_mode
   shared_password           = var.shared_password
   admin_password            = var.admin_password

@@ -15,6 +15,12 @@ variable "attendees" {
   description = "Expected attendees."
 }
 
+variable "doors_open" {
+  type        = bool
+  description = "Warm start: a user placeholder per attendee while the room arrives. Apply true before doors open, false once everyone has a server."
+  default     = true
+}
+
 variable "auth_mode" {
   type        = string
   description = "shared-password or native."

@@ -21,7 +21,7 @@ variable "project_name" {
 
 variable "kubernetes_version" {
   type        = string
-  description = "Exact VKE version, e.g. \"v1.30.1-vke.8\" (console: create cluster, version list)."
+  description = "Kubernetes minor version, e.g. \"1.30\" (console: create cluster, version list); VKE picks its newest build."
 }
 
 variable "zone_ids" {
@@ -48,7 +48,11 @@ variable "system_nodes" {
     desired = number
   })
   description = "CPU pool size: about one 8-core node per 3 attendees."
-  default     = { min = 2, max = 12, desired = 4 }
+  default     = { min = 2, max = 24, desired = 4 }
+  validation {
+    condition     = var.system_nodes.max >= ceil(var.attendees / var.attendees_per_cpu_node) + 2
+    error_message = "system_nodes.max is too small for the room: the door needs ceil(attendees / attendees_per_cpu_node) + 2 CPU nodes. Raise max (and the ECS quota)."
+  }
 }
 
 variable "gpu_instance_types" {
@@ -89,15 +93,36 @@ variable "model_cache_gb" {
   default     = 200
 }
 
+variable "nas_permission_group_id" {
+  type        = string
+  description = "NAS permission group for the model cache's mount point, e.g. \"pgroup-0123abcd\" (NAS console: one rule, the VPC's CIDR, read-write)."
+}
+
 variable "model_cache_nfs_server" {
   type        = string
-  description = "NAS mount address (NAS console, mount point of the cache) after the first apply; empty uses the csi-nas storage class \"nas\"."
+  description = "Override the model cache's NFS address; empty uses the mount point the cluster module creates."
   default     = ""
 }
 
 variable "attendees" {
   type        = number
-  description = "Expected attendees."
+  description = "Expected attendees: sizes the CPU pool at the door, the user placeholders and the quota."
+}
+
+variable "attendees_per_cpu_node" {
+  type        = number
+  description = "Attendee servers per CPU node (an 8-core node holds 3 two-core servers beside the system pods)."
+  default     = 3
+  validation {
+    condition     = var.attendees_per_cpu_node >= 1
+    error_message = "attendees_per_cpu_node must be at least 1."
+  }
+}
+
+variable "doors_open" {
+  type        = bool
+  description = "Warm start: the CPU pool sized for the whole room and a user placeholder per attendee. Apply true the day before, false once everyone has a server."
+  default     = true
 }
 
 variable "auth_mode" {

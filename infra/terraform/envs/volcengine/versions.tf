@@ -1,10 +1,10 @@
 # Exact provider versions for this environment (the modules accept ranges).
 terraform {
-  required_version = ">= 1.8"
+  required_version = ">= 1.9" # validations that read other variables
   required_providers {
-    volcengine = {
-      source  = "volcengine/volcengine"
-      version = "0.0.161"
+    volcenginecc = {
+      source  = "volcengine/volcenginecc"
+      version = "0.0.53"
     }
     kubernetes = {
       source  = "hashicorp/kubernetes"

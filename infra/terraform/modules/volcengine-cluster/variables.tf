@@ -15,10 +15,10 @@ variable "project_name" {
 
 variable "kubernetes_version" {
   type        = string
-  description = "Exact VKE Kubernetes version, e.g. \"v1.30.1-vke.8\" (see ListSupportedVersions). A short \"1.30\" is rewritten by the provider and shows up as a change on every plan."
+  description = "Kubernetes minor version of the VKE cluster, e.g. \"1.30\"; VKE picks its newest build of it when the cluster is created (console: create cluster, version list)."
   validation {
-    condition     = can(regex("^v[0-9]+\\.[0-9]+\\.[0-9]+(-vke\\.[0-9]+)?$", var.kubernetes_version))
-    error_message = "kubernetes_version must be the exact version with a leading v, e.g. \"v1.30.1-vke.8\", not \"1.30\"."
+    condition     = can(regex("^[0-9]+\\.[0-9]+$", var.kubernetes_version))
+    error_message = "kubernetes_version must be the minor version, e.g. \"1.30\": the Cloud Control provider's kubernetes_version_create takes x.xx, not an exact build like \"v1.30.1-vke.8\"."
   }
 }
 
@@ -155,6 +155,15 @@ variable "model_cache_gb" {
   validation {
     condition     = var.model_cache_gb >= 100
     error_message = "model_cache_gb must be at least 100."
+  }
+}
+
+variable "nas_permission_group_id" {
+  type        = string
+  description = "Existing NAS permission group for the model cache's mount point, e.g. \"pgroup-0123abcd\" (Cloud Control has no permission-group resource; NAS console, permission groups: one rule, the VPC's CIDR, read-write)."
+  validation {
+    condition     = can(regex("^pgroup-[0-9a-z]+$", var.nas_permission_group_id))
+    error_message = "nas_permission_group_id must be a NAS permission group id such as \"pgroup-0123abcd\" (NAS console, permission groups)."
   }
 }
 

@@ -29,6 +29,7 @@ module "values" {
     home_size                 = var.user_limits.home_size
     idle_timeout_minutes      = var.idle_timeout_minutes
     placeholder_share         = var.placeholder_share
+    doors_open                = var.doors_open
     enable_gpu_profiles       = var.enable_gpu_profiles
     enable_shared_gpu_profile = var.enable_shared_gpu_profile
     shared_gpu_resource       = var.shared_gpu_resource
@@ -276,8 +277,8 @@ resource "kubernetes_resource_quota_v1" "attendees" {
   }
   spec {
     hard = {
-      # Everyone on a CPU server at once, plus the placeholders and the hub's own pods.
-      "limits.cpu"                          = ceil(var.attendees * (1 + var.placeholder_share)) * var.user_limits.cpu + 8
+      # Everyone on a CPU server at once, plus the placeholders (pending ones count too) and the hub's pods.
+      "limits.cpu"                          = (var.attendees + module.values.user_placeholders) * var.user_limits.cpu + 8
       "requests.nvidia.com/gpu"             = var.max_gpu_servers
       "persistentvolumeclaims"              = var.attendees * 2 + 10
       "services.loadbalancers"              = 1

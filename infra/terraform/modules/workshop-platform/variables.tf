@@ -164,6 +164,12 @@ variable "placeholder_share" {
   }
 }
 
+variable "doors_open" {
+  type        = bool
+  description = "Warm start for the room's first minutes: a user placeholder per attendee instead of placeholder_share of them. Apply with true the day before, false once the room has started (the extra nodes then scale away)."
+  default     = false
+}
+
 variable "enable_gpu_profiles" {
   type        = bool
   description = "Offer a whole-GPU server profile."

@@ -25,6 +25,7 @@ variable "settings" {
     home_size                 = string
     idle_timeout_minutes      = number
     placeholder_share         = number
+    doors_open                = bool
     enable_gpu_profiles       = bool
     enable_shared_gpu_profile = bool
     shared_gpu_resource       = string
@@ -49,6 +50,11 @@ locals {
   image_name      = regex("^(.*):([^:/]+)$", local.s.image)[0]
   image_tag       = regex("^(.*):([^:/]+)$", local.s.image)[1]
   ray_head_url    = "http://${local.s.ray_cluster_name}-head-svc.${local.s.ray_namespace}.svc:8265"
+  # Placeholders hold room on running nodes so arrivals don't wait for a node to boot: a real user
+  # evicts one and starts at once, the evicted one waits for the autoscaler's next node. While the
+  # doors open (the whole room clicks "start" in the same minute) one per attendee; afterwards a
+  # share of the room for late arrivals.
+  user_placeholders = local.s.doors_open ? local.s.attendees : ceil(local.s.attendees * local.s.placeholder_share)
 
   jupyterhub_values = templatefile("${path.module}/templates/jupyterhub-values.yaml.tftpl", {
     chart_version             = local.s.jupyterhub_chart_version
@@ -80,8 +86,7 @@ locals {
     gpu_node_selector         = local.s.gpu_node_selector
     gpu_tolerations           = local.gpu_tolerations
     cull_timeout_seconds      = local.s.idle_timeout_minutes * 60
-    # Placeholders hold room for the next arrivals so they don't wait for a node to boot.
-    user_placeholders = ceil(local.s.attendees * local.s.placeholder_share)
+    user_placeholders         = local.user_placeholders
   })
 
   kuberay_values = templatefile("${path.module}/templates/kuberay-values.yaml.tftpl", {
@@ -207,6 +212,11 @@ output "kuberay_values" {
 output "ray_cluster" {
   description = "The room's shared RayCluster manifest (YAML)."
   value       = yamlencode(local.ray_cluster)
+}
+
+output "user_placeholders" {
+  description = "How many user placeholders the hub keeps (the attendee quota counts them)."
+  value       = local.user_placeholders
 }
 
 output "ray_dashboard_address" {
