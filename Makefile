@@ -32,7 +32,7 @@ setup_env = -m labkit.setup_env
 # checkov (manifest and Terraform checks) conflicts with the kit's dependencies: own virtualenv, own lock.
 CHECKOV_VENV ?= .venv-checkov
 
-.PHONY: setup sync models lab test run bench lint checkov lock lock-refresh canary clean slides slide-tools site
+.PHONY: setup sync models lab test run bench lint checkov lock lock-refresh canary clean slides slide-tools site room-ready
 
 setup: $(VENV)/.labkit-installed
 
@@ -116,3 +116,9 @@ canary: models checkov
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) $(CANARY_VENV) runs .pytest_cache .ruff_cache *.egg-info
+
+# The day of the workshop: is the room's cluster ready for the doors to open? (KUBECONFIG: the
+# room's; ATTENDEES: the head-count.) Exit 0 when every item is ready.
+ATTENDEES ?=
+room-ready: setup
+	$(BIN)/labkit room ready $(if $(ATTENDEES),--attendees $(ATTENDEES)) $(if $(LAB_LANG),--lang $(LAB_LANG))

@@ -52,6 +52,21 @@ def add_commands(sub) -> None:
     d.set_defaults(func=_delete)
     k.set_defaults(func=lambda args: (k.print_help(), 2)[1])
 
+    room = sub.add_parser("room", help="the workshop cluster on the day: is it ready for the doors to open?")
+    rsub = room.add_subparsers(metavar="ACTION")
+    rr = rsub.add_parser("ready", help="nodes, pre-pulled images, placeholders, model cache, Ray, hub; exit 0 when "
+                                       "all are ready")
+    _kube_args(rr)
+    rr.add_argument("--attendees", type=int, help="expected head-count: the CPU nodes and placeholders it needs")
+    rr.add_argument("--attendees-per-cpu-node", type=int, default=3, help="as in the Terraform env (default 3)")
+    rr.add_argument("--hub-namespace", default="jhub")
+    rr.add_argument("--ray-namespace", default="labkit")
+    rr.add_argument("--hub-url", help="default: the proxy-public Service's load balancer address")
+    rr.add_argument("--json", action="store_true", help="machine-readable output")
+    rr.add_argument("--lang", choices=["en", "zh"],
+                    help="language of the report (default: LABKIT_LANG, else the locale)")
+    rr.set_defaults(func=_room_ready)
+
     j = sub.add_parser("jobs", help="Ray jobs on a local head or a port-forwarded KubeRay head")
     jsub = j.add_subparsers(metavar="ACTION")
     js = jsub.add_parser("submit", help="submit a command: labkit jobs submit [--wait] -- python -m labkit batch ...")
@@ -167,6 +182,23 @@ def _status(args) -> int:
         obj = get(m, api_client=api)
         print(f"{m['kind']} {m['metadata']['name']}: {summary(obj)[0] if obj else 'not found'}")
     return 0
+
+
+def _room_ready(args) -> int:
+    import dataclasses
+    import json
+
+    from labkit.i18n import set_language
+    from labkit.k8s.cluster import connect
+    from labkit.k8s.readiness import OK, report, room_readiness
+
+    set_language(args.lang)
+    checks = room_readiness(api_client=connect(kubeconfig=args.kubeconfig, context=args.context),
+                            attendees=args.attendees, attendees_per_cpu_node=args.attendees_per_cpu_node,
+                            hub_namespace=args.hub_namespace, ray_namespace=args.ray_namespace, hub_url=args.hub_url)
+    print(json.dumps([dataclasses.asdict(c) for c in checks], indent=2, ensure_ascii=False) if args.json
+          else report(checks))
+    return 0 if all(c.state == OK for c in checks) else 1
 
 
 def _logs(args) -> int:

@@ -384,7 +384,7 @@ def _schema_problems(rtype: str, body, schema: dict, path: str, locals_: dict) -
     """What in ``body`` (a resource body or a nested object at ``path``) the provider's page refuses."""
     problems, fields = [], schema.get(path, {})
     where = f"{rtype}{'.' + path if path else ''}"
-    for name, (section, kind) in fields.items():
+    for name, (section, _kind) in fields.items():
         if section == "Required" and name not in body:
             problems.append(f"{where}: required `{name}` missing")
     for name, value in body.items():
