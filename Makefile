@@ -32,7 +32,7 @@ setup_env = -m labkit.setup_env
 # checkov (manifest and Terraform checks) conflicts with the kit's dependencies: own virtualenv, own lock.
 CHECKOV_VENV ?= .venv-checkov
 
-.PHONY: setup sync models lab test run bench lint checkov lock lock-refresh canary clean slides slide-tools site room-ready
+.PHONY: setup sync models lab test run bench lint checkov lock lock-refresh canary clean slides slide-tools site room-ready rehearse
 
 setup: $(VENV)/.labkit-installed
 
@@ -122,3 +122,9 @@ clean:
 ATTENDEES ?=
 room-ready: setup
 	$(BIN)/labkit room ready $(if $(ATTENDEES),--attendees $(ATTENDEES)) $(if $(LAB_LANG),--lang $(LAB_LANG))
+
+# The existing-cluster env rehearsed offline for your inputs (TFVARS, default: its example): every
+# validation, and the hub values, KubeRay values and RayCluster it would install, in build/rehearsal.
+TFVARS ?=
+rehearse: setup
+	$(BIN)/python infra/terraform/rehearse.py $(TFVARS)

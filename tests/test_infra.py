@@ -187,20 +187,8 @@ def _keys(tree) -> list[str]:
     return []
 
 
-def _helm_merge(defaults: dict, values: dict) -> dict:
-    """Helm's merge of user values over chart defaults (null deletes a default)."""
-    merged = dict(defaults)
-    for key, value in values.items():
-        if value is None:
-            merged.pop(key, None)
-        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _helm_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def test_jupyterhub_values_validate_against_the_chart_schema(tmp_path, z2jh_chart):
+    helm_merge = _rehearsal().helm_merge
     schema, defaults = z2jh_chart
     cases = {"gpu-shared-password": _settings(),
              "cpu-native": _settings(auth_mode="native", enable_gpu_profiles=False, enable_shared_gpu_profile=False,
@@ -210,7 +198,7 @@ def test_jupyterhub_values_validate_against_the_chart_schema(tmp_path, z2jh_char
         rendered = render(tmp_path / name, settings)
         values = yaml.safe_load(rendered["jupyterhub_values"])
         errors = [f"{list(e.absolute_path)}: {e.message}" for e in
-                  jsonschema.Draft7Validator(schema).iter_errors(_helm_merge(defaults, values))]
+                  jsonschema.Draft7Validator(schema).iter_errors(helm_merge(defaults, values))]
         assert errors == [], name
         hub = values["hub"]["config"]
         assert hub["JupyterHub"]["authenticator_class"] in ("shared-password", "native")  # never dummy
@@ -228,7 +216,7 @@ def test_jupyterhub_values_validate_against_the_chart_schema(tmp_path, z2jh_char
         mounts = values["singleuser"]["storage"]["extraVolumeMounts"]
         assert mounts == [{"name": "model-cache", "mountPath": "/var/lib/labkit/models", "readOnly": True}]
         assert values["singleuser"]["lifecycleHooks"]["postStart"]["exec"]["command"][0] == "gitpuller"
-    typo = _helm_merge(defaults, {**values, "singleuser": {**values["singleuser"], "profilelist": []}})
+    typo = helm_merge(defaults, {**values, "singleuser": {**values["singleuser"], "profilelist": []}})
     assert any("profilelist" in e.message for e in jsonschema.Draft7Validator(schema).iter_errors(typo))
 
 
@@ -244,6 +232,44 @@ def test_shared_ray_cluster_validates_against_the_crds(tmp_path, kuberay_crds):
         assert [g["groupName"] for g in cluster["spec"]["workerGroupSpecs"]] == (["cpu", "gpu"] if gpus else ["cpu"])
     operator = yaml.safe_load(rendered["kuberay_values"])
     assert operator["image"] == {"repository": "quay.io/kuberay/operator", "tag": "v1.7.0"}
+
+
+def _rehearsal():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("rehearse", TF / "rehearse.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_rehearsal_renders_what_the_env_would_install_for_these_inputs(tmp_path):
+    rehearsal = _rehearsal()
+    example = (TF / "envs" / "existing-cluster" / "terraform.tfvars.example").read_text()
+    for doors_open, placeholders in [("true", 12), ("false", 3)]:  # the whole room, or a fifth of it
+        tfvars = tmp_path / f"doors-{doors_open}.tfvars"
+        tfvars.write_text(example.replace("attendees           = 3", "attendees = 12") + f"doors_open = {doors_open}\n")
+        ok, report = rehearsal.rehearse(tfvars, out=tmp_path / doors_open)
+        assert ok, report
+        assert f"user placeholders: {placeholders}," in report
+        assert "RayCluster: valid against the KubeRay CRDs" in report and "valid against the jupyterhub chart" in report
+        hub = yaml.safe_load((tmp_path / doors_open / "jupyterhub-values.yaml").read_text())
+        assert hub["scheduling"]["userPlaceholder"]["replicas"] == placeholders
+        assert yaml.safe_load((tmp_path / doors_open / "ray-cluster.yaml").read_text())["kind"] == "RayCluster"
+    for bad, message in [("attendees = 0", "between 1 and 500"),
+                         ('workshop_image = "labkit/workshop"', "tag is required")]:
+        tfvars = tmp_path / "bad.tfvars"
+        tfvars.write_text(re.sub(rf"^{bad.split()[0]}\s*=.*$", bad, example, flags=re.M))
+        ok, report = rehearsal.rehearse(tfvars, out=tmp_path / "bad")
+        assert not ok and message in report, report[-1500:]
+    assert rehearsal.rehearse(tmp_path / "missing.tfvars")[1].endswith("terraform.tfvars.example)")
+
+
+def test_the_rehearsal_reads_blocks_from_the_real_files():
+    blocks = _rehearsal().top_level_blocks((TF / "envs" / "existing-cluster" / "main.tf").read_text())
+    headers = [h for h, _ in blocks]
+    assert headers == ['provider "kubernetes"', 'provider "helm"', 'module "platform"']
+    assert blocks[2][1].startswith('module "platform" {') and blocks[2][1].endswith("\n}")
 
 
 def _variables_only(tmp_path: Path, module: str) -> Path:
