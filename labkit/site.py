@@ -38,7 +38,7 @@ ROOT_PAGES = ["README.md", "README.zh-CN.md", "docs/agenda.md", "docs/agenda.zh-
               "infra/README.md", "slides/README.md"]
 STYLE = """body{font-family:'Noto Sans SC',system-ui,sans-serif;max-width:980px;
 margin:2em auto;padding:0 1em;line-height:1.55;color:#222}
-code,pre{font-family:ui-monospace,'DejaVu Sans Mono',Menlo,Consolas,'Noto Sans SC',monospace;font-size:.92em}
+code,pre{font-family:""" + slide_decks.CODE_FONTS + """;font-size:.92em}
 pre{background:#f6f8fa;padding:.8em;overflow-x:auto}table{border-collapse:collapse}td,th{border:1px solid #ddd;
 padding:.3em .6em}img{max-width:100%}nav{font-size:.9em;margin-bottom:1.5em}.note{background:#fff8e1;padding:.6em}
 .columns{display:flex;gap:2em;flex-wrap:wrap}.columns>section{flex:1;min-width:320px}

@@ -232,7 +232,11 @@ def _in_range(cp: int, ranges: str) -> bool:
 
 
 THEME_HEAD = "/* @theme labkit */\n@import 'default';\n"
+# Code keeps a monospace face for Latin and falls back to the bundled Noto Sans SC for Chinese
+# (Marp's code fonts have no CJK glyphs: Chinese in code showed as boxes). The site uses it too.
+CODE_FONTS = "ui-monospace,'DejaVu Sans Mono',Menlo,Consolas,'Noto Sans SC',monospace"
 THEME = """section { font-family: 'Noto Sans SC', sans-serif; font-size: 26px; padding: 50px 60px; }
+section code, section pre { font-family: """ + CODE_FONTS + """; }
 section h1 { font-size: 44px; } section h2 { font-size: 34px; }
 section table { font-size: 20px; } section pre { font-size: 18px; }
 section img { max-height: 400px; }

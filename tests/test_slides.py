@@ -149,7 +149,19 @@ document.fonts.ready.then(async () => {
   const faces = await document.fonts.load('32px "Noto Sans SC"', chars);
   const canvas = document.createElement('canvas').getContext('2d');
   canvas.font = '32px "Noto Sans SC", labkit-no-fallback';
-  done({faces: faces.length, widths: [...chars].map(c => canvas.measureText(c).width),
+  // Chinese inside code (inline or a block's comments) is drawn with the code's own font stack
+  const code = [...document.querySelectorAll('section code')].find(e => /[\u4e00-\u9fff]/.test(e.textContent));
+  const anyCode = document.querySelector('section code');
+  let codeWidths = [];
+  if (code) {
+    const family = getComputedStyle(code).fontFamily;
+    const codeChars = code.textContent.match(/[\u4e00-\u9fff]/g).slice(0, 4).join('');
+    await document.fonts.load('32px ' + family, codeChars);
+    canvas.font = '32px ' + family;
+    codeWidths = [...codeChars].map(c => canvas.measureText(c).width);
+  }
+  done({faces: faces.length, widths: [...chars].map(c => canvas.measureText(c).width), codeWidths,
+        codeFamily: anyCode ? getComputedStyle(anyCode).fontFamily : null,
         checked: document.fonts.check('32px "Noto Sans SC"', chars),
         slides: document.querySelectorAll('svg[data-marpit-svg] > foreignObject > section').length});
 });
@@ -172,6 +184,9 @@ def test_each_deck_opens_in_chromium_with_its_slides_no_requests_out_no_errors_a
             # browser drew a fallback about 12 px wide here
             least = 28 if lang == "zh" else 1
             assert all(w >= least for w in found["widths"]), f"{lang}/{name}: glyphs of {sample!r}: {found['widths']}"
+            # code falls back to the bundled font for Chinese (Marp's code fonts have none: boxes)
+            assert found["codeFamily"] is None or "Noto Sans SC" in found["codeFamily"], found["codeFamily"]
+            assert all(w >= 28 for w in found["codeWidths"]), f"{lang}/{name}: Chinese in code: {found['codeWidths']}"
             requests = [json.loads(e["message"])["message"] for e in browser.get_log("performance")]
             urls = [m["params"]["request"]["url"] for m in requests if m["method"] == "Network.requestWillBeSent"]
             outside = [u for u in urls if not u.startswith(("file:", "data:", "blob:", "about:"))]
