@@ -213,7 +213,7 @@ def build(*, out_dir: str | Path = "build/site", slides_dir: str | Path = "build
                if not (slides_dir / lang / f"{d}.{ext}").is_file()]
     if missing:
         raise SiteError(f"{slides_dir} lacks {len(missing)} built deck file(s) (first: {missing[0]}): "
-                        "run `make slides` (or `labkit slides build --out {slides_dir}`) first")
+                        f"run `make slides` (or `labkit slides build --out {slides_dir}`) first")
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     for lang in slide_decks.LANGS:
@@ -237,8 +237,8 @@ def build(*, out_dir: str | Path = "build/site", slides_dir: str | Path = "build
 def _bundle_fonts(out: Path) -> None:
     """The Noto Sans SC pieces the site's pages use, as files beside them (``assets/``), so Chinese
     shows on a machine with no CJK font. Files, not inline data as in the decks: one copy serves
-    every page. Chrome and Edge load them from ``file://``; Firefox refuses fonts from a page's
-    parent folders there and falls back to the system's fonts (any static host is fine)."""
+    every page. Chromium (tested) and Firefox ESR 153 (looked at once) load them from ``file://``
+    pages in sub-folders as well as from a static host."""
     pages = [p.read_text(encoding="utf-8") for p in out.rglob("*.html") if p.parts[len(out.parts)] != "slides"]
     chunks = slide_decks.font_chunks("".join(pages), slide_decks.tools_dir())
     (out / "assets" / "fonts").mkdir(parents=True)
