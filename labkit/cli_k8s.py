@@ -62,6 +62,8 @@ def add_commands(sub) -> None:
     rr.add_argument("--hub-namespace", default="jhub")
     rr.add_argument("--ray-namespace", default="labkit")
     rr.add_argument("--hub-url", help="default: the proxy-public Service's load balancer address")
+    rr.add_argument("--wait", type=float, default=0, metavar="MINUTES",
+                    help="ask again every 20 s until everything is ready or MINUTES have passed")
     rr.add_argument("--json", action="store_true", help="machine-readable output")
     rr.add_argument("--lang", choices=["en", "zh"],
                     help="language of the report (default: LABKIT_LANG, else the locale)")
@@ -190,12 +192,16 @@ def _room_ready(args) -> int:
 
     from labkit.i18n import set_language
     from labkit.k8s.cluster import connect
-    from labkit.k8s.readiness import OK, report, room_readiness
+    from labkit.k8s.readiness import OK, report, room_readiness, wait_until_ready
 
     set_language(args.lang)
-    checks = room_readiness(api_client=connect(kubeconfig=args.kubeconfig, context=args.context),
-                            attendees=args.attendees, attendees_per_cpu_node=args.attendees_per_cpu_node,
-                            hub_namespace=args.hub_namespace, ray_namespace=args.ray_namespace, hub_url=args.hub_url)
+    if args.wait < 0:
+        raise ValueError(f"--wait takes minutes, 0 or more; got {args.wait}")
+    options = dict(api_client=connect(kubeconfig=args.kubeconfig, context=args.context), attendees=args.attendees,
+                   attendees_per_cpu_node=args.attendees_per_cpu_node, hub_namespace=args.hub_namespace,
+                   ray_namespace=args.ray_namespace, hub_url=args.hub_url)
+    checks = (wait_until_ready(timeout_s=args.wait * 60, progress=not args.json, **options) if args.wait
+              else room_readiness(**options))
     print(json.dumps([dataclasses.asdict(c) for c in checks], indent=2, ensure_ascii=False) if args.json
           else report(checks))
     return 0 if all(c.state == OK for c in checks) else 1

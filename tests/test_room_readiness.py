@@ -19,7 +19,7 @@ from test_k8s_cluster import _kubeconfig
 from labkit.cli import main
 from labkit.i18n import set_language
 from labkit.k8s.cluster import ClusterError, connect
-from labkit.k8s.readiness import FAIL, OK, WAIT, hub_address, room_readiness
+from labkit.k8s.readiness import FAIL, OK, WAIT, hub_address, room_readiness, wait_until_ready
 
 
 def _node(name: str, pool: str, ready: bool = True) -> dict:
@@ -167,3 +167,23 @@ def test_the_hub_address_comes_from_the_load_balancer():
     service["spec"]["ports"][0]["port"] = 8080
     assert hub_address(service) == "http://hub.example.com:8080"
     assert hub_address({"status": {"loadBalancer": {}}}) is None and hub_address(None) is None
+
+
+def test_waiting_asks_again_until_the_room_is_ready(room_api):
+    _, kubeconfig = room_api
+    placeholders = RoomApi.room["/apis/apps/v1/namespaces/jhub/statefulsets/user-placeholder"]["status"]
+    placeholders["readyReplicas"] = 2
+
+    def nodes_arrive():  # the autoscaler's nodes come up while the instructor waits
+        while RoomApi.paths.count("/api/v1/nodes") < 2:
+            threading.Event().wait(0.05)
+        placeholders["readyReplicas"] = 6
+
+    threading.Thread(target=nodes_arrive, daemon=True).start()
+    checks = wait_until_ready(api_client=connect(kubeconfig=kubeconfig), attendees=6, timeout_s=30, every_s=0.2,
+                              progress=False)
+    assert all(c.state == OK for c in checks) and RoomApi.paths.count("/api/v1/nodes") >= 2
+    placeholders["readyReplicas"] = 2  # never ready: gives up after the timeout with what is missing
+    checks = wait_until_ready(api_client=connect(kubeconfig=kubeconfig), attendees=6, timeout_s=0.5, every_s=0.2,
+                              progress=False)
+    assert [c.name for c in checks if c.state != OK] == ["placeholders"]

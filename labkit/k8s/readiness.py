@@ -239,6 +239,27 @@ def room_readiness(*, api_client, attendees: int | None = None, attendees_per_cp
             check_hub(api_client, hub_namespace=hub_namespace, hub_url=hub_url)]
 
 
+def wait_until_ready(*, timeout_s: float, every_s: float = 20.0, progress: bool = True,
+                     **options) -> list[Check]:
+    """``room_readiness(**options)`` again every ``every_s`` seconds until every check is ok or
+    ``timeout_s`` has passed; the last checks. A bar shows how many items are ready."""
+    import time
+
+    from tqdm.auto import tqdm
+
+    deadline = time.monotonic() + timeout_s
+    with tqdm(total=6, desc=tr("room ready", "现场就绪"), unit="item", disable=not progress) as bar:
+        while True:
+            checks = room_readiness(**options)
+            ready = [c.name for c in checks if c.state == OK]
+            bar.n = len(ready)
+            bar.set_postfix_str(", ".join(c.name for c in checks if c.state != OK) or "READY")
+            bar.refresh()
+            if len(ready) == len(checks) or time.monotonic() + every_s > deadline:
+                return checks
+            time.sleep(every_s)
+
+
 def report(checks: list[Check]) -> str:
     """One line per check, the fix indented under anything not ok, and a verdict."""
     lines = []
