@@ -8,13 +8,12 @@ cluster this is not verified here (README, "Not verified here").
 from __future__ import annotations
 
 import copy
-import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 from conftest import closed_port
-from test_k8s_cluster import _kubeconfig
+from test_k8s_cluster import FakeApiServer, _kubeconfig
 
 from labkit.cli import main
 from labkit.i18n import set_language
@@ -46,15 +45,12 @@ def ready_room(port: int) -> dict[str, dict]:
     }
 
 
-class RoomApi(BaseHTTPRequestHandler):
+class RoomApi(FakeApiServer):
     """Answers GETs from ``room`` (404 otherwise); ``forbidden`` answers 403 to everything."""
 
     room: dict = {}
     forbidden = False
     paths: list = []
-
-    def log_message(self, *args):
-        pass
 
     def do_GET(self):
         path = self.path.split("?")[0]
@@ -65,12 +61,7 @@ class RoomApi(BaseHTTPRequestHandler):
             code, body = 200, self.room[path]
         else:
             code, body = 404, {"kind": "Status", "code": 404, "reason": "NotFound", "message": f"{path} not found"}
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self._send(code, body)
 
 
 @pytest.fixture
