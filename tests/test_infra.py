@@ -248,7 +248,8 @@ def test_the_rehearsal_renders_what_the_env_would_install_for_these_inputs(tmp_p
     example = (TF / "envs" / "existing-cluster" / "terraform.tfvars.example").read_text()
     for doors_open, placeholders in [("true", 12), ("false", 3)]:  # the whole room, or a fifth of it
         tfvars = tmp_path / f"doors-{doors_open}.tfvars"
-        tfvars.write_text(example.replace("attendees           = 3", "attendees = 12") + f"doors_open = {doors_open}\n")
+        tfvars.write_text(re.sub(r"^doors_open .*$", f"doors_open = {doors_open}",
+                                 example.replace("attendees           = 3", "attendees = 12"), flags=re.M))
         ok, report = rehearsal.rehearse(tfvars, out=tmp_path / doors_open)
         assert ok, report
         assert f"user placeholders: {placeholders}," in report
