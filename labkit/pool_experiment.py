@@ -134,9 +134,7 @@ def run_pool(mode: Mode, *, gpus: int = 4, curve: Sequence[tuple[float, float]] 
         out["session_dir"] = str(cluster.head.temp_dir)  # every process of the pool names it
         say(f"[{mode}] starting a pool of {gpus} GPU nodes ...")
         cluster.wait_for_nodes({"gpu": gpus}, timeout_s=180)
-        say("DBG nodes up")
         init_ray(address=cluster.address)
-        say("DBG ray joined")
         from ray import serve
 
         arbiter = None
@@ -145,10 +143,8 @@ def run_pool(mode: Mode, *, gpus: int = 4, curve: Sequence[tuple[float, float]] 
             serve.start(proxy_location="HeadOnly", http_options={"host": LOOPBACK, "port": port})
             if mode == "shared":  # before training asks: ties go to whoever asked first
                 arbiter = InferenceFirst({DEPLOYMENT: {"CPU": 0, "GPU": 1}}, poll_s=0.5).start()
-            say("DBG serve started")
             serve.run(inference_app(replicas=split["inference"], service_s=service_s, upscale_delay_s=upscale_delay_s,
                                     downscale_delay_s=downscale_delay_s), name="inference", route_prefix="/")
-            say("DBG app running")
             low, high = split["training"]
             trained: dict = {}
 
@@ -188,9 +184,7 @@ def run_pool(mode: Mode, *, gpus: int = 4, curve: Sequence[tuple[float, float]] 
             out["t_end"] = time.time()
             stop_file.parent.mkdir(parents=True, exist_ok=True)
             stop_file.touch()
-            say("DBG curve over")
             trainer.join(timeout=180)
-            say("DBG trainer joined")
             watching.set()
             watcher.join()
             if "error" in trained:
@@ -203,11 +197,8 @@ def run_pool(mode: Mode, *, gpus: int = 4, curve: Sequence[tuple[float, float]] 
         finally:
             if arbiter is not None:
                 arbiter.stop()
-            say("DBG finally")
             serve.shutdown()
-            say("DBG serve down")
             ray.shutdown()
-            say("DBG ray down")
     return out
 
 
