@@ -66,6 +66,31 @@ def configure_auth() -> str:
     return os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
+def ensure_auth_token() -> Path | None:
+    """The cluster token, made first if token auth is on and there is none; None when auth is off.
+
+    ``ray.init()`` makes the token itself when it starts a cluster, but ``ray start --head`` refuses
+    to start without one ("no authentication token was found"): on a fresh machine, a head started
+    before any ``ray.init()`` (lab 10's autoscaling cluster, ``labkit serve start``) would fail.
+    Made the way Ray's CLI documents, ``ray get-auth-token --generate``.
+    """
+    import subprocess
+    import sys
+
+    token = auth_token_file()
+    if configure_auth() != "token" or token.is_file() or os.environ.get("RAY_AUTH_TOKEN"):
+        return token if configure_auth() == "token" else None
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):  # Ray's CLI only ever writes ~/.ray/auth_token
+        raise RuntimeError(f"RAY_AUTH_TOKEN_PATH points at {token}, which does not exist: put the cluster's "
+                           "token there, or unset it to let labkit make one in ~/.ray/auth_token")
+    done = subprocess.run([str(Path(sys.executable).parent / "ray"), "get-auth-token", "--generate"],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "RAY_AUTH_MODE": "token"})
+    if done.returncode != 0 or not token.is_file():
+        raise RuntimeError(f"could not make a Ray auth token in {token} (`ray get-auth-token --generate`): "
+                           f"{done.stderr[-500:]}")
+    return token
+
+
 # Ray reads RAY_AUTH_MODE when it is imported, so this runs as soon as any labkit Ray module is
 # imported: import labkit's Ray helpers before ``import ray`` in a notebook.
 configure_auth()
@@ -250,6 +275,7 @@ def head_command(*, port: int | None = None, dashboard_port: int | None = None, 
     job agent) and 10001 (the client server). ``port`` None: Ray's default (6379)."""
     import sys
 
+    ensure_auth_token()  # `ray start --head` refuses to start without one
     agent_port, client_port = free_port(), free_port()
     cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--disable-usage-stats",
            f"--dashboard-agent-listen-port={agent_port}", f"--ray-client-server-port={client_port}"]

@@ -150,3 +150,20 @@ def test_both_heads_start_from_one_command_line():
     assert ports["gcs"] == 6390 and ports["dashboard"] == 8290 and set(owned_ports) == {"gcs", "agent", "client"}
     assert f"--dashboard-agent-listen-port={ports['agent']}" in detached  # never Ray's fixed 52365
     assert len({ports["agent"], ports["client"], owned_ports["agent"], owned_ports["client"]}) == 4
+
+
+def test_a_fresh_machine_gets_a_token_before_its_first_head(tmp_path, monkeypatch):
+    """`ray start --head` refuses to start without a token (ray.init makes its own): labkit makes
+    one first, with Ray's CLI, and leaves an existing one alone."""
+    from labkit.ray_runtime import ensure_auth_token
+
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    token = ensure_auth_token()
+    assert token == tmp_path / ".ray" / "auth_token" and len(token.read_text().strip()) >= 32
+    first = token.read_text()
+    assert ensure_auth_token() == token and token.read_text() == first
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "elsewhere" / "token"))
+    with pytest.raises(RuntimeError, match="RAY_AUTH_TOKEN_PATH points at .*elsewhere.*unset it"):
+        ensure_auth_token()
