@@ -384,11 +384,13 @@ class LocalHead:
         if self._proc.poll() is None:
             os.killpg(self._proc.pid, signal.SIGTERM)
             try:
-                self._proc.wait(timeout=5)
+                self._proc.wait(timeout=1)
             except subprocess.TimeoutExpired:
                 pass
         # Whatever is left of the group (raylet, GCS, workers) goes now: a clean shutdown of an
-        # idle head can take half a minute, and nothing in it needs saving.
+        # idle head can take half a minute, and nothing in it needs saving. (One second of grace,
+        # not five: the five were always spent; with one, no process of the head's temp dir was
+        # left after a head that had run tasks was stopped.)
         try:
             os.killpg(self._proc.pid, signal.SIGKILL)
         except ProcessLookupError:
