@@ -127,8 +127,9 @@ def check_rendered(rendered: dict) -> tuple[list[str], list[str]]:
         found = validate_manifests([yaml.safe_load(rendered["ray_cluster"])], load_crds())
         errors += [f"RayCluster: {e}" for e in found]
         notes += [] if found else ["RayCluster: valid against the KubeRay CRDs"]
-    except SchemaSourceError as exc:
-        notes.append(f"RayCluster not checked: {exc}")
+    except SchemaSourceError:
+        notes.append("RayCluster not checked against the CRDs: set LABKIT_KUBERAY_CRDS to a folder with KubeRay "
+                     "v1.7.0's ray.io_*.yaml (`helm pull kuberay/kuberay-operator --version 1.7.0 --untar`: its crds/)")
     folder = _schema_file("LABKIT_Z2JH_SCHEMA", "z2jh-schema", "4.4.0")
     if folder is None:
         notes.append("hub values not checked against the chart: set LABKIT_Z2JH_SCHEMA to a folder with the "
