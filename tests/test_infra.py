@@ -188,7 +188,7 @@ def _keys(tree) -> list[str]:
 
 
 def test_jupyterhub_values_validate_against_the_chart_schema(tmp_path, z2jh_chart):
-    helm_merge = _rehearsal().helm_merge
+    helm_merge = _script("rehearse").helm_merge
     schema, defaults = z2jh_chart
     cases = {"gpu-shared-password": _settings(),
              "cpu-native": _settings(auth_mode="native", enable_gpu_profiles=False, enable_shared_gpu_profile=False,
@@ -234,17 +234,18 @@ def test_shared_ray_cluster_validates_against_the_crds(tmp_path, kuberay_crds):
     assert operator["image"] == {"repository": "quay.io/kuberay/operator", "tag": "v1.7.0"}
 
 
-def _rehearsal():
+def _script(name: str):
+    """infra/terraform/<name>.py (docs, rehearse) loaded as a module: they are scripts, not a package."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("rehearse", TF / "rehearse.py")
+    spec = importlib.util.spec_from_file_location(f"tf_{name}", TF / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_the_rehearsal_renders_what_the_env_would_install_for_these_inputs(tmp_path):
-    rehearsal = _rehearsal()
+    rehearsal = _script("rehearse")
     example = (TF / "envs" / "existing-cluster" / "terraform.tfvars.example").read_text()
     for doors_open, placeholders in [("true", 12), ("false", 3)]:  # the whole room, or a fifth of it
         tfvars = tmp_path / f"doors-{doors_open}.tfvars"
@@ -267,7 +268,7 @@ def test_the_rehearsal_renders_what_the_env_would_install_for_these_inputs(tmp_p
 
 
 def test_the_rehearsal_reads_blocks_from_the_real_files():
-    blocks = _rehearsal().top_level_blocks((TF / "envs" / "existing-cluster" / "main.tf").read_text())
+    blocks = _script("rehearse").top_level_blocks((TF / "envs" / "existing-cluster" / "main.tf").read_text())
     headers = [h for h, _ in blocks]
     assert headers == ['provider "kubernetes"', 'provider "helm"', 'module "platform"']
     assert blocks[2][1].startswith('module "platform" {') and blocks[2][1].endswith("\n}")
@@ -350,11 +351,7 @@ def test_checkov_passes_on_infra():
 
 
 def test_readmes_list_the_current_inputs_and_outputs():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("tfdocs", TF / "docs.py")
-    docs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(docs)
+    docs = _script("docs")
     for folder in docs.FOLDERS:
         readme = (TF / folder / "README.md").read_text()
         assert docs.updated(readme, TF / folder) == readme, f"run `python infra/terraform/docs.py` ({folder})"
@@ -448,14 +445,6 @@ def _schema_problems(rtype: str, body, schema: dict, path: str, locals_: dict) -
     return problems
 
 
-def _module_config(folder: Path) -> dict:
-    merged: dict = {}
-    for path in sorted(folder.glob("*.tf")):
-        for kind, items in hcl(path).items():
-            merged.setdefault(kind, []).extend(items)
-    return merged
-
-
 def test_cloud_control_arguments_match_the_provider_documentation():
     """Every argument of the cluster module, its nesting, object-or-list shape, required arguments,
     read-only ones, and every attribute the module reads from a resource, against the pages of
@@ -466,7 +455,7 @@ def test_cloud_control_arguments_match_the_provider_documentation():
     if not docs.is_dir():
         pytest.skip(f"provider docs not found at {docs}: set LABKIT_SHARED")
     folder = TF / "modules" / "volcengine-cluster"
-    config = _module_config(folder)
+    config = _script("docs")._load(folder)  # every .tf file of the module, merged
     locals_ = {unquote(k): v for block in config.get("locals", []) for k, v in block.items()}
     schemas, problems, used = {}, [], 0
     for block in config["resource"]:
